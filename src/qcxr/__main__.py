@@ -1,0 +1,5 @@
+import sys
+
+from qcxr.cli import main
+
+sys.exit(main())

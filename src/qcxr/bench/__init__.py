@@ -1,0 +1,1 @@
+"""Benchmarks: quantum head step and the Table III harness."""

@@ -1,0 +1,123 @@
+"""Typed experiment configuration. Every paper default is written here once, with its source.
+
+A run's config is a `Config`; YAML files in `configs/` override any field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    resize_shortest: int = 256  # Sec. III-F: resize to 256 on the shortest side
+    crop: int = 224  # Sec. III-F: center-crop 224x224
+    resample: str = "bicubic"  # microsoft/resnet-50 preprocessor_config: resample=3 (BICUBIC)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # Sec. III-F: ImageNet statistics
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    hflip_prob: float = 0.5  # Sec. III-F: random horizontal flip p = 0.5
+    rotate_degrees: float = 15.0  # Sec. III-F: random rotation +-15 degrees
+    loader_threads: int = 4  # Sec. III-F: 4 CPU threads per model
+    prefetch: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    head: str = "cdl"  # Sec. III-C: "cdl" (classical) or "dqc" (dressed quantum circuit)
+    num_layers: int = 3  # Sec. III-C.2: 3 variational layers
+    entangler: str = "ring"  # Sec. III-C.2, Fig. 2: CNOT ring
+    backend: str = "statevector"  # beyond the paper: this project's simulator; "pennylane" = paper
+    weights: str = "microsoft/resnet-50"  # Sec. III-C: ImageNet ResNet50 from Hugging Face
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "finetune"  # Sec. III-F trains end to end; "frozen" is this project's fast path
+    batch_size: int = 32  # Sec. III-F
+    learning_rate: float = 1e-4  # Sec. III-F: Adam, learning rate 1e-4
+    optimizer: str = "adam"  # Sec. III-F
+    schedule: str = "constant"  # Sec. III-F: no schedule is mentioned
+    loss: str = "bce"  # Sec. III-F: mean binary cross-entropy over labels
+    max_epochs: int = 50  # Sec. III-F
+    patience: int = 5  # Sec. III-F: early stopping after 5 epochs without improvement
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # Sec. III-F: 5 random seeds
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    alpha: float = 0.05  # Sec. III-G: significance at p < 0.05
+    head_min_count: int = 1000  # long-tail convention (not in the paper): head > 1000 train images
+    tail_max_count: int = 100  # tail < 100 train images; medium in between
+    bootstrap: int = 1000
+    f1_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    warmup: int = 10  # Sec. III-E: 10 warm-up steps
+    steps: int = 30  # Sec. III-E: 30 timed steps
+    batches_per_epoch: int = 2454  # Sec. IV-A: minutes per epoch extrapolated over 2,454 batches
+
+
+@dataclass(frozen=True)
+class Config:
+    task: str = "cxr8"  # Sec. III-B: cxr8, cxr14, cxr19
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
+    """A copy of dataclass `obj` with `updates` applied recursively; unknown keys are errors."""
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in updates.items():
+        if key not in known:
+            raise ValueError(f"{where}: unknown config key {key!r}; known: {sorted(known)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{key}: expected a mapping, got {value!r}")
+            changes[key] = _override(current, value, f"{where}.{key}")
+        elif isinstance(current, tuple) and isinstance(value, list):
+            changes[key] = tuple(value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(obj, **changes)
+
+
+def from_dict(updates: dict[str, Any], base: Config | None = None) -> Config:
+    """A `Config` from nested mappings (as read from YAML) over `base` (default: the paper's)."""
+    return _override(base or Config(), updates, "config")
+
+
+def load(path: str | Path) -> Config:
+    """Read a YAML config file; errors name the file and the offending key."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    try:
+        return from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), ready for YAML or JSON."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))

@@ -1,0 +1,1 @@
+"""Data: readers, preprocessing, cache, loader, augmentation, synthetic study."""

@@ -1,0 +1,1 @@
+"""Training: train state and step, loop, early stopping, checkpoints, data parallelism."""
