@@ -24,6 +24,10 @@ class DataConfig:
     rotate_degrees: float = 15.0  # Sec. III-F: random rotation +-15 degrees
     loader_threads: int = 4  # Sec. III-F: 4 CPU threads per model
     prefetch: int = 2
+    # Where a run reads its data (beyond the paper; recorded so a run dir is self-contained).
+    study: str = ""  # study root: nih/ label CSVs + images, mimic/ (layout in DESIGN.md)
+    features: str = ""  # frozen mode: dir with {train,val,test,mimic}.safetensors feature stores
+    cache: str = ""  # finetune mode: image cache dir ("" = <experiment dir>/cache)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class ModelConfig:
     entangler: str = "ring"  # Sec. III-C.2, Fig. 2: CNOT ring
     backend: str = "statevector"  # beyond the paper: this project's simulator; "pennylane" = paper
     weights: str = "microsoft/resnet-50"  # Sec. III-C: ImageNet ResNet50 from Hugging Face
+    # "random" = init_resnet50_variables(seed), an explicit choice for tests and demos
+    backbone: str = "resnet50"  # Sec. III-C; "tiny" = a small CNN for tests (same finetune path)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,18 @@ class TrainConfig:
     max_epochs: int = 50  # Sec. III-F
     patience: int = 5  # Sec. III-F: early stopping after 5 epochs without improvement
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # Sec. III-F: 5 random seeds
+    seed: int = 0  # the run's root seed (one of `seeds`), split by purpose (Sec. III-F)
+    # Beyond the paper: resumability, evaluation batch, loss and schedule options.
+    checkpoint_every: int = 500  # steps between mid-epoch "latest" checkpoints (0 = epoch ends)
+    eval_batch_size: int = 256
+    warmup_steps: int = 0  # for schedule "warmup_cosine"
+    focal_gamma: float = 2.0  # loss "focal" (LongTailCXR: gamma = 2)
+    asl_gamma_pos: float = 1.0  # loss "asl" (CheXFusion lineage: gamma+ = 1, gamma- = 4)
+    asl_gamma_neg: float = 4.0
+    asl_clip: float = 0.05
+    # Frozen mode: train the seeds of one grid cell together with vmap. "auto" = on GPU/TPU;
+    # on CPU one seed at a time measured as fast or faster (benchmarks/train_frozen_epoch.md).
+    vmap_seeds: str = "auto"  # "auto", "yes", "no"
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,16 @@ def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
             changes[key] = _override(current, value, f"{where}.{key}")
         elif isinstance(current, tuple) and isinstance(value, list):
             changes[key] = tuple(value)
+        elif (
+            isinstance(current, float)
+            and isinstance(value, int | str)
+            and not isinstance(value, bool)
+        ):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; a float field takes it as a number.
+            try:
+                changes[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{where}.{key}: expected a number, got {value!r}") from None
         else:
             changes[key] = value
     return dataclasses.replace(obj, **changes)

@@ -1,0 +1,235 @@
+"""`qcxr bench quantum`: the head training step, this project's simulator beside PennyLane's.
+
+The step is the one training runs: pooled features (B, 2048) -> head -> mean BCE -> gradients
+-> Adam update, under jax.jit. Each (backend, n) runs in its own process so that its peak
+resident memory is its own and a crash or out-of-memory in one case does not end the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from qcxr.config import BenchConfig, ModelConfig, TrainConfig
+
+BACKEND_NAMES = {"statevector": "qcxr statevector", "pennylane": "PennyLane default.qubit"}
+
+
+def head_step(n: int, backend: str, batch: int, layers: int, entangler: str):
+    """(jitted step, initial state, batch) for the DQC head training step."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from qcxr.models.heads import DressedQuantumHead
+
+    model = DressedQuantumHead(n, layers, entangler, backend)
+    features = jax.random.normal(jax.random.PRNGKey(1), (batch, 2048), jnp.float32)
+    labels = (jax.random.uniform(jax.random.PRNGKey(2), (batch, n)) < 0.2).astype(jnp.float32)
+    params = model.init(jax.random.PRNGKey(0), features)["params"]
+    optimizer = optax.adam(TrainConfig().learning_rate)
+
+    def loss_fn(p, x, y):
+        return optax.sigmoid_binary_cross_entropy(model.apply({"params": p}, x), y).mean()
+
+    @jax.jit
+    def step(p, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    return step, (params, optimizer.init(params)), (features, labels)
+
+
+def time_case(n: int, backend: str, batch: int, layers: int, warmup: int, steps: int) -> dict:
+    """Compile + first step, then `warmup` untimed and `steps` timed steps, in this process."""
+    import jax
+
+    step, (params, opt_state), (x, y) = head_step(n, backend, batch, layers, "ring")
+    start = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, x, y)
+    jax.block_until_ready(loss)
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        params, opt_state, loss = step(params, opt_state, x, y)
+    jax.block_until_ready(loss)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        params, opt_state, loss = step(params, opt_state, x, y)
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - start)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "n": n,
+        "backend": backend,
+        "batch": batch,
+        "layers": layers,
+        "compile_first_s": first,
+        "step_times_s": times,
+        "peak_rss_mb": peak_kb / 1024,
+        "loss": float(loss),
+        "device": str(jax.devices()[0].device_kind),
+    }
+
+
+def run_case_subprocess(n: int, backend: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable, "-m", "qcxr.bench.quantum", "--case", str(n), backend,
+        "--batch", str(args.batch), "--layers", str(args.layers),
+        "--warmup", str(args.warmup), "--steps", str(args.steps),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"n": n, "backend": backend, "error": " | ".join(tail) or f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def environment() -> dict:
+    import jax
+    import pennylane
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{cpu}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "pennylane": pennylane.__version__,
+        "device": str(jax.devices()[0].device_kind),
+    }
+
+
+def summarise(result: dict) -> dict:
+    if "error" in result:
+        return {"n": result["n"], "backend": result["backend"], "error": result["error"]}
+    times = result["step_times_s"]
+    return {
+        "n": result["n"],
+        "backend": result["backend"],
+        "steps": len(times),
+        "mean_s": statistics.fmean(times),
+        "std_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "compile_first_s": result["compile_first_s"],
+        "peak_rss_mb": result["peak_rss_mb"],
+    }
+
+
+def markdown(rows: list[dict], env: dict, args: argparse.Namespace) -> str:
+    lines = [
+        f"# Head training step: qcxr statevector vs PennyLane ({env['date']})",
+        "",
+        f"Machine: {env['machine']}; device {env['device']}; Python {env['python']}, "
+        f"JAX {env['jax']}, PennyLane {env['pennylane']}.",
+        f"Step: features (B={args.batch}, 2048) -> DQC head (L={args.layers}, ring) -> mean BCE "
+        f"-> grads -> Adam; {args.warmup} warm-up then {args.steps} timed steps (jit).",
+        "",
+        "| n | backend | step (s) | compile + first step (s) | peak RSS (MB) | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    by_n: dict[int, dict[str, dict]] = {}
+    for row in rows:
+        by_n.setdefault(row["n"], {})[row["backend"]] = row
+    for n, cases in sorted(by_n.items()):
+        ref = cases.get("pennylane", {}).get("mean_s")
+        for backend, row in cases.items():
+            if "error" in row:
+                lines.append(f"| {n} | {BACKEND_NAMES[backend]} | failed: {row['error']} | | | |")
+                continue
+            speedup = f"{ref / row['mean_s']:.1f}x" if ref and backend != "pennylane" else ""
+            lines.append(
+                f"| {n} | {BACKEND_NAMES[backend]} | {row['mean_s']:.4f} +- {row['std_s']:.4f} "
+                f"| {row['compile_first_s']:.2f} | {row['peak_rss_mb']:.0f} | {speedup} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    bench = BenchConfig()
+    parser.add_argument("--qubits", type=int, nargs="+", default=[8, 14, 19])
+    parser.add_argument("--backends", nargs="+", default=["statevector", "pennylane"],
+                        choices=list(BACKEND_NAMES))  # fmt: skip
+    parser.add_argument("--batch", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--layers", type=int, default=ModelConfig().num_layers)
+    parser.add_argument("--warmup", type=int, default=bench.warmup)
+    parser.add_argument("--steps", type=int, default=bench.steps)
+    parser.add_argument("--pennylane-max-steps", type=int, default=None,
+                        help="cap warm-up and timed steps for PennyLane (slow at large n)")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    env = environment()
+    rows = []
+    for n in args.qubits:
+        for backend in args.backends:
+            case_args = argparse.Namespace(**vars(args))
+            if backend == "pennylane" and args.pennylane_max_steps is not None:
+                case_args.warmup = min(args.warmup, args.pennylane_max_steps)
+                case_args.steps = min(args.steps, args.pennylane_max_steps)
+            print(f"[bench quantum] n={n} {backend} ...", file=sys.stderr, flush=True)
+            row = summarise(run_case_subprocess(n, backend, case_args))
+            print(f"[bench quantum]   {row}", file=sys.stderr, flush=True)
+            rows.append(row)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = env["date"].replace(":", "").replace("-", "")
+    csv_path = args.out / f"quantum-{stamp}.csv"
+    with csv_path.open("w", newline="") as handle:
+        fields = [
+            "n",
+            "backend",
+            "steps",
+            "mean_s",
+            "std_s",
+            "compile_first_s",
+            "peak_rss_mb",
+            "error",
+        ]
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path = args.out / f"quantum-{stamp}.md"
+    md_path.write_text(markdown(rows, env, args))
+    if args.json:
+        print(json.dumps({"environment": env, "rows": rows}, indent=2))
+    else:
+        print(md_path.read_text())
+        print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+def _main_case(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case", nargs=2)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--steps", type=int)
+    args = parser.parse_args(argv)
+    n, backend = int(args.case[0]), args.case[1]
+    result = time_case(n, backend, args.batch, args.layers, args.warmup, args.steps)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _main_case(sys.argv[1:])

@@ -1,0 +1,218 @@
+"""`qcxr synth`, `qcxr labels stats`, `qcxr cache build`, `qcxr cache verify`.
+
+Also runnable alone (`python -m qcxr.data.cli ...`), which the subprocess tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qcxr.config import DataConfig
+
+_DEFAULTS = DataConfig()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    synth = subparsers.add_parser(
+        "synth", help="write a synthetic study in the NIH-CXR-LT and MIMIC-CXR-LT file layouts"
+    )
+    synth.add_argument("out", type=Path, help="study root to create")
+    synth.add_argument("--n-train", type=int, default=800)
+    synth.add_argument("--n-val", type=int, default=200)
+    synth.add_argument("--n-test", type=int, default=400)
+    synth.add_argument("--n-external", type=int, default=300, help="external (MIMIC) studies")
+    synth.add_argument("--size", type=int, default=256, help="image height in pixels")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--no-progress", action="store_true")
+    synth.set_defaults(func=run_synth)
+
+    labels = subparsers.add_parser("labels", help="label files")
+    labels_sub = labels.add_subparsers(dest="labels_command", metavar="COMMAND", required=True)
+    stats = labels_sub.add_parser("stats", help="counts per label and split, as in Table I")
+    stats.add_argument("csv", nargs="+", type=Path, help="label CSV files (one column each)")
+    stats.add_argument("--task", default="cxr19", choices=["cxr8", "cxr14", "cxr19"])
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(func=run_labels_stats)
+
+    cache = subparsers.add_parser("cache", help="the preprocessed image cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="COMMAND", required=True)
+    build = cache_sub.add_parser("build", help="preprocess images into the cache (resumable)")
+    build.add_argument("--cache", type=Path, help="cache directory (default: STUDY/cache)")
+    build.add_argument("--study", type=Path, help="a study root (layout of `qcxr synth`)")
+    build.add_argument("--csv", type=Path, action="append", default=[], help="NIH label CSV")
+    build.add_argument("--images", type=Path, help="NIH image directory for --csv")
+    build.add_argument("--mimic-csv", type=Path, help="MIMIC-CXR-LT label CSV")
+    build.add_argument("--mimic-root", type=Path, help="MIMIC-CXR-JPG root for --mimic-csv")
+    build.add_argument("--mimic-metadata", type=Path, help="metadata CSV: frontal views only")
+    build.add_argument("--task", default="cxr19", help="label set the readers check")
+    build.add_argument("--threads", type=int, default=_DEFAULTS.loader_threads)
+    build.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
+    build.add_argument("--report", type=Path, help="skipped-files report (default: CACHE/...)")
+    build.add_argument("--resize", type=int, default=_DEFAULTS.resize_shortest)
+    build.add_argument("--crop", type=int, default=_DEFAULTS.crop)
+    build.add_argument("--no-progress", action="store_true")
+    build.add_argument("--json", action="store_true", help="print the summary as JSON")
+    build.set_defaults(func=run_cache_build)
+    verify = cache_sub.add_parser("verify", help="decode every entry; report (and repair)")
+    verify.add_argument("--cache", type=Path, required=True)
+    verify.add_argument("--repair", action="store_true", help="rebuild corrupt or stale entries")
+    verify.add_argument("--resize", type=int, default=_DEFAULTS.resize_shortest)
+    verify.add_argument("--crop", type=int, default=_DEFAULTS.crop)
+    verify.add_argument("--no-progress", action="store_true")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=run_cache_verify)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from qcxr.data.synthetic import generate_study
+
+    paths = generate_study(
+        args.out,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        n_mimic=args.n_external,
+        image_size=args.size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(f"wrote synthetic study to {paths.root}")
+    for split, csv in paths.nih_csv.items():
+        print(f"  nih {split}: {csv}")
+    print(f"  mimic: {paths.mimic_csv} (metadata {paths.mimic_metadata})")
+    return 0
+
+
+def run_labels_stats(args: argparse.Namespace) -> int:
+    from qcxr.data.datasets import file_checksum, label_stats
+
+    table = label_stats(args.csv, args.task)
+    if args.json:
+        out = {
+            "task": args.task,
+            "files": {str(p): file_checksum(p) for p in args.csv},
+            "counts": {label: row.to_dict() for label, row in table.iterrows()},
+        }
+        print(json.dumps(out, indent=2, default=int))
+    else:
+        print(table.to_string())
+    return 0
+
+
+def build_sources(args: argparse.Namespace) -> list:
+    """The datasets a `cache build` covers (images unchecked: the build reports bad ones)."""
+    from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT
+    from qcxr.data.synthetic import study_paths
+
+    sources = []
+    csvs, images = list(args.csv), args.images
+    mimic_csv, mimic_root, metadata = args.mimic_csv, args.mimic_root, args.mimic_metadata
+    if args.study is not None:
+        study = study_paths(args.study)
+        csvs += [p for p in study.nih_csv.values() if p.is_file()]
+        images = images or study.nih_images
+        if study.mimic_csv.is_file():
+            mimic_csv, mimic_root = mimic_csv or study.mimic_csv, mimic_root or study.mimic_root
+            if metadata is None and study.mimic_metadata.is_file():
+                metadata = study.mimic_metadata
+    if csvs and images is None:
+        raise ValueError("--csv needs --images (the NIH image directory)")
+    for csv in csvs:
+        sources.append(NIHCXRLT(csv, images, args.task, check_files=False))
+    if mimic_csv is not None:
+        if mimic_root is None:
+            raise ValueError("--mimic-csv needs --mimic-root (the MIMIC-CXR-JPG root)")
+        sources.append(
+            MIMICCXRLT(mimic_csv, mimic_root, args.task, metadata, True, check_files=False)
+        )
+    if not sources:
+        raise ValueError("nothing to build: give --study, --csv with --images, or --mimic-csv")
+    return sources
+
+
+def run_cache_build(args: argparse.Namespace) -> int:
+    from qcxr.data.cache import ImageCache
+
+    cache_dir = args.cache or (args.study / "cache" if args.study else None)
+    if cache_dir is None:
+        raise ValueError("give --cache DIR (or --study ROOT for STUDY/cache)")
+    sources = build_sources(args)
+    paths = [p for source in sources for p in source.paths]
+    with ImageCache(cache_dir, resize_shortest=args.resize, crop=args.crop) as cache:
+        for source in sources:
+            cache.record_label_file(source.label_file, source.checksum)
+        result = cache.build(paths, args.threads, not args.no_progress, args.on_bad_image)
+    report = None
+    if result.skipped:
+        report = args.report or Path(cache_dir) / "skipped-images.tsv"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["path\treason", *(f"{p}\t{r}" for p, r in result.skipped)]
+        report.write_text("\n".join(lines) + "\n")
+    summary = {
+        "cache": str(cache_dir),
+        "images": len(paths),
+        "added": result.added,
+        "already_cached": result.fresh,
+        "skipped": len(result.skipped),
+        "report": str(report) if report else None,
+        "label_files": {str(s.label_file): s.checksum for s in sources},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"cache {cache_dir}: {len(paths)} images, {result.added} added, "
+            f"{result.fresh} already cached, {len(result.skipped)} skipped"
+        )
+        if report:
+            print(f"skipped {len(result.skipped)} bad image(s); listed in {report}")
+    return 0
+
+
+def run_cache_verify(args: argparse.Namespace) -> int:
+    from qcxr.data.cache import ImageCache
+
+    if not Path(args.cache).is_dir():
+        raise FileNotFoundError(f"{args.cache}: no cache directory")
+    with ImageCache(args.cache, resize_shortest=args.resize, crop=args.crop) as cache:
+        result = cache.verify(repair=args.repair, progress=not args.no_progress)
+        label_files = cache.label_files()
+    summary = {
+        "cache": str(args.cache),
+        "checked": result.checked,
+        "corrupt": result.corrupt,
+        "stale": result.stale,
+        "repaired": result.repaired,
+        "removed": result.removed,
+        "whole": result.whole,
+        "label_files": label_files,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"cache {args.cache}: {result.checked} entries checked, {len(result.corrupt)} corrupt, "
+            f"{len(result.stale)} stale, {len(result.repaired)} repaired, "
+            f"{len(result.removed)} removed"
+        )
+        for key in result.corrupt:
+            print(f"  corrupt: {key}")
+    return 0 if result.whole else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qcxr-data")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"qcxr {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Readers for NIH-CXR-LT (training, internal test) and MIMIC-CXR-LT (external test).
+
+Both check their label file strictly (required columns, 0/1 values, unique ids) and record its
+sha256, so every cache and run says exactly which labels it was computed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qcxr.labels import canonical, task_labels
+
+FRONTAL_VIEWS = ("PA", "AP")
+NIH_SPLITS = ("train", "val", "test")
+
+
+def nih_label_file(split: str) -> Path:
+    """The shipped real NIH-CXR-LT label file of a split ("val" or "test")."""
+    root = resources.files("qcxr") / "resources" / "nih-cxr-lt"
+    path = Path(str(root / f"miccai2023_nih-cxr-lt_labels_{split}.csv"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no shipped NIH-CXR-LT label file for split {split!r}")
+    return path
+
+
+def file_checksum(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_label_csv(path: str | Path, required: list[str]) -> pd.DataFrame:
+    """The CSV as strings; a missing file or column is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: label file not found")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [name for name in required if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing required column(s) {missing}")
+    return frame
+
+
+def label_columns(frame: pd.DataFrame, path: Path) -> dict[str, str]:
+    """canonical label name -> column name, over the label-like columns of a file."""
+    mapping: dict[str, str] = {}
+    for column in frame.columns:
+        name = canonical(column)
+        if name in mapping:
+            raise ValueError(f"{path}: columns {mapping[name]!r} and {column!r} are the same label")
+        mapping[name] = column
+    return mapping
+
+
+def binary_labels(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
+    """float32 (N, len(columns)) of 0/1 values; anything else names its row and column."""
+    out = np.empty((len(frame), len(columns)), np.float32)
+    for j, column in enumerate(columns):
+        text = frame[column].str.strip()
+        is_zero, is_one = text.isin(("0", "0.0")), text.isin(("1", "1.0"))
+        bad = ~(is_zero | is_one)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(
+                f"{path}: line {row + 2} (data row {row + 1}), column {column!r}: label "
+                f"{frame[column].iloc[row]!r} is not 0 or 1"
+            )
+        out[:, j] = is_one.to_numpy()
+    return out
+
+
+def unique_ids(ids: pd.Series, path: Path, column: str) -> list[str]:
+    """The ids as a list; a duplicate is an error naming both lines."""
+    duplicated = ids.duplicated(keep=False).to_numpy()
+    if duplicated.any():
+        rows = np.flatnonzero(duplicated)
+        value = ids.iloc[rows[0]]
+        lines = [int(r) + 2 for r in rows if ids.iloc[r] == value][:5]
+        raise ValueError(f"{path}: duplicate {column} {value!r} on lines {lines}")
+    return ids.tolist()
+
+
+def missing_files(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if not p.is_file()]
+
+
+def check_images(paths: list[Path], source: Path) -> None:
+    """FileNotFoundError naming the first missing images and how many there are."""
+    missing = missing_files(paths)
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:5])
+        raise FileNotFoundError(
+            f"{source}: {len(missing)} image file(s) not found, e.g. {shown} "
+            "(use --on-bad-image skip to skip and report them)"
+        )
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """Image ids, their files and their labels for one task, with the label file's identity."""
+
+    ids: list[str]
+    paths: list[Path]
+    labels: np.ndarray  # float32 (N, n); NaN only where a label is absent and that was allowed
+    label_names: list[str]  # canonical names, task order
+    label_file: Path
+    checksum: str  # sha256 of the label file
+    missing_labels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, indices: np.ndarray | list[int]) -> LabeledImages:
+        """The same dataset restricted to `indices` (e.g. without images a cache build skipped)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return replace(
+            self,
+            ids=[self.ids[i] for i in indices],
+            paths=[self.paths[i] for i in indices],
+            labels=self.labels[indices],
+        )
+
+    def without(self, paths: list[str | Path]) -> LabeledImages:
+        """The dataset minus the given image files."""
+        drop = {str(Path(p)) for p in paths}
+        keep = [i for i, p in enumerate(self.paths) if str(p) not in drop]
+        return self.select(keep)
+
+
+def NIHCXRLT(
+    csv_path: str | Path, image_dir: str | Path, task: str, *, check_files: bool = True
+) -> LabeledImages:
+    """An NIH-CXR-LT split: `id` column + label columns (any alias) + images in `image_dir`."""
+    csv_path, image_dir = Path(csv_path), Path(image_dir)
+    names = task_labels(task)
+    frame = read_label_csv(csv_path, ["id"])
+    by_name = label_columns(frame, csv_path)
+    absent = [name for name in names if name not in by_name]
+    if absent:
+        raise ValueError(f"{csv_path}: missing required column(s) {absent} for task {task}")
+    ids = unique_ids(frame["id"].str.strip(), csv_path, "id")
+    labels = binary_labels(frame, [by_name[n] for n in names], csv_path)
+    paths = [image_dir / i for i in ids]
+    if check_files:
+        check_images(paths, csv_path)
+    return LabeledImages(ids, paths, labels, names, csv_path, file_checksum(csv_path))
+
+
+def frontal_dicom_ids(metadata_csv: str | Path) -> set[str]:
+    """dicom_ids whose ViewPosition is PA or AP in a MIMIC-CXR-JPG metadata CSV."""
+    path = Path(metadata_csv)
+    frame = read_label_csv(path, ["dicom_id", "ViewPosition"])
+    keep = frame["ViewPosition"].str.strip().str.upper().isin(FRONTAL_VIEWS)
+    return set(frame.loc[keep, "dicom_id"].str.strip())
+
+
+def MIMICCXRLT(
+    csv_path: str | Path,
+    image_root: str | Path,
+    task: str,
+    metadata_csv: str | Path | None = None,
+    allow_missing_labels: bool = False,
+    *,
+    check_files: bool = True,
+) -> LabeledImages:
+    """A MIMIC-CXR-LT label file (`path` or `fpath` relative to the MIMIC-CXR-JPG root).
+
+    With `metadata_csv`, only frontal views (ViewPosition PA or AP) are kept, as the paper did.
+    A task label the file lacks is an error naming it, unless `allow_missing_labels`, which
+    keeps the label as NaN (to be skipped by the metrics).
+    """
+    csv_path, image_root = Path(csv_path), Path(image_root)
+    names = task_labels(task)
+    frame = read_label_csv(csv_path, [])
+    path_column = next((c for c in ("path", "fpath") if c in frame.columns), None)
+    if path_column is None:
+        raise ValueError(f"{csv_path}: missing required column 'path' (or 'fpath')")
+    by_name = label_columns(frame, csv_path)
+    absent = [name for name in names if name not in by_name]
+    if absent and not allow_missing_labels:
+        raise ValueError(
+            f"{csv_path}: lacks task {task} label(s) {absent}; pass allow_missing_labels "
+            "(--allow-missing-labels) to evaluate on the labels the file has"
+        )
+    rel = frame[path_column].str.strip()
+    dicom = (
+        frame["dicom_id"].str.strip() if "dicom_id" in frame else rel.map(lambda p: Path(p).stem)
+    )
+    if metadata_csv is not None:
+        keep = dicom.isin(frontal_dicom_ids(metadata_csv)).to_numpy()
+        frame, rel, dicom = frame[keep], rel[keep], dicom[keep]
+    ids = unique_ids(dicom.reset_index(drop=True), csv_path, "dicom_id")
+    frame = frame.reset_index(drop=True)
+    present = [n for n in names if n in by_name]
+    labels = np.full((len(frame), len(names)), np.nan, np.float32)
+    if present:
+        values = binary_labels(frame, [by_name[n] for n in present], csv_path)
+        labels[:, [names.index(n) for n in present]] = values
+    paths = [image_root / p for p in rel]
+    if check_files:
+        check_images(paths, csv_path)
+    return LabeledImages(
+        ids, paths, labels, names, csv_path, file_checksum(csv_path), missing_labels=absent
+    )
+
+
+def split_name(path: str | Path) -> str:
+    """Table I's header ("Val") for miccai2023_nih-cxr-lt_labels_val.csv; else the stem."""
+    stem = Path(path).stem
+    for split in NIH_SPLITS:
+        if stem.endswith(f"_{split}") or stem == split:
+            return split.title()
+    return stem
+
+
+def label_stats(csv_paths: list[str | Path], task: str = "cxr19") -> pd.DataFrame:
+    """Positive counts per label (rows, by occurrence) and file (columns), plus Total; Table I."""
+    names = task_labels(task)
+    counts: dict[str, list[int]] = {}
+    for path in csv_paths:
+        path = Path(path)
+        frame = read_label_csv(path, [])
+        by_name = label_columns(frame, path)
+        absent = [n for n in names if n not in by_name]
+        if absent:
+            raise ValueError(f"{path}: missing label column(s) {absent} for task {task}")
+        values = binary_labels(frame, [by_name[n] for n in names], path)
+        column = split_name(path)
+        if column in counts:
+            column = str(path)
+        counts[column] = values.sum(axis=0).astype(int).tolist()
+    table = pd.DataFrame(counts, index=pd.Index(names, name="Label"))
+    table["Total"] = table.sum(axis=1)
+    rank = {name: i for i, name in enumerate(names)}
+    order = sorted(names, key=lambda n: (-int(table.loc[n, "Total"]), rank[n]))
+    return table.loc[order]

@@ -1,0 +1,367 @@
+"""Per-run metrics from a predictions parquet: AUROC, average precision, F1, head/medium/tail means.
+
+Predictions parquet (interface D): column "id", then for each label L in task order "p:L"
+(probability) and "y:L" (truth 0/1, NaN where unknown). Rows with unknown truth are left out
+of that label only. A label whose known rows hold a single class gets NaN for AUROC and AP and a
+warning that names it; every mean says how many labels it covers.
+
+AUROC and AP are computed here (tie-aware, weighted, vectorised) rather than by scikit-learn so
+that the bootstrap in `stats` can score a thousand resamples as one array operation; the tests
+check both against scikit-learn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from qcxr.config import EvalConfig
+from qcxr.labels import PAPER_TRAIN_COUNTS, canonical
+
+GROUPS = ("head", "medium", "tail")
+NIH_TRAIN_CSV = "miccai2023_nih-cxr-lt_labels_train.csv"
+METRICS = ("auroc", "ap", "f1")
+
+
+class SingleClassWarning(UserWarning):
+    """A label has only one class among a test set's known rows: its AUROC and AP are NaN."""
+
+
+def _tied_runs(scores: np.ndarray, descending: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sort order of `scores` and the last index of each run of equal sorted scores."""
+    order = np.argsort(-scores if descending else scores, kind="mergesort")
+    s = scores[order]
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+    return order, ends
+
+
+def weighted_auroc(
+    scores: np.ndarray,
+    truth: np.ndarray,
+    weights: np.ndarray,
+    known: np.ndarray | None = None,
+) -> np.ndarray:
+    """AUROC (Mann-Whitney, ties count one half) for each row of `weights` (R, N) over N cases.
+
+    A weight is a multiplicity, so a bootstrap resample is a row of counts; cases where `known`
+    is False are left out. NaN where a row has no positive or no negative weight. Cost is one
+    cumulative sum over the negatives per row: for each positive, the negatives below it and
+    tied with it are found once by binary search, independently of the weights.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    truth = np.asarray(truth, dtype=bool)
+    keep = np.ones(len(scores), bool) if known is None else np.asarray(known, dtype=bool)
+    w = np.atleast_2d(np.asarray(weights))
+    pos = np.flatnonzero(truth & keep)
+    neg = np.flatnonzero(~truth & keep)
+    neg = neg[np.argsort(scores[neg], kind="mergesort")]
+    neg_scores = scores[neg]
+    below = np.searchsorted(neg_scores, scores[pos], side="left")
+    up_to = np.searchsorted(neg_scores, scores[pos], side="right")
+    # integer counts stay integers, so the sums are exact; int32 while totals allow (2x faster)
+    if np.issubdtype(w.dtype, np.integer):
+        acc = np.int32 if 2 * len(scores) * max(1, int(w.max(initial=0))) < 2**31 else np.int64
+        wide = np.int64
+    else:
+        acc = wide = np.float64
+    cum = np.zeros((w.shape[0], len(neg) + 1), dtype=acc)
+    np.cumsum(np.take(w, neg, axis=1), axis=1, dtype=acc, out=cum[:, 1:])
+    wp = np.take(w, pos, axis=1).astype(wide)
+    twice_wins = (wp * (np.take(cum, below, axis=1) + np.take(cum, up_to, axis=1))).sum(axis=1)
+    n_pos, n_neg = wp.sum(axis=1), cum[:, -1].astype(wide)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = twice_wins / (2.0 * n_pos.astype(np.float64) * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
+
+
+def auroc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the ROC curve; NaN when `truth` has one class."""
+    return float(weighted_auroc(scores, truth, np.ones((1, len(scores)), dtype=np.int64))[0])
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Average precision as scikit-learn defines it: sum over thresholds of dRecall * precision.
+
+    NaN when `truth` has one class (no positives: undefined; no negatives: trivially 1).
+    """
+    truth = np.asarray(truth, dtype=bool)
+    n_pos = int(truth.sum())
+    if n_pos == 0 or n_pos == len(truth):
+        return math.nan
+    order, ends = _tied_runs(np.asarray(scores, dtype=np.float64), descending=True)
+    y = truth[order].astype(np.float64)
+    tp = np.cumsum(y)[ends]
+    fp = (ends + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def f1_at(scores: np.ndarray, truth: np.ndarray, threshold: float) -> float:
+    """F1 of the prediction `score >= threshold`; NaN when there is nothing to score."""
+    truth = np.asarray(truth, dtype=bool)
+    pred = np.asarray(scores) >= threshold
+    tp = int(np.sum(pred & truth))
+    denom = 2 * tp + int(np.sum(pred & ~truth)) + int(np.sum(~pred & truth))
+    return 2 * tp / denom if denom else math.nan
+
+
+def read_predictions(path: str | Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """(ids, labels, probabilities (N, n), truth (N, n) with NaN unknown) from a parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: predictions file not found")
+    frame = pd.read_parquet(path)
+    if "id" not in frame.columns:
+        raise ValueError(f"{path}: no 'id' column (columns: {list(frame.columns)[:6]}...)")
+    labels = [c[2:] for c in frame.columns if c.startswith("p:")]
+    if not labels:
+        raise ValueError(f"{path}: no probability columns named 'p:<label>'")
+    missing = [f"y:{name}" for name in labels if f"y:{name}" not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: probability columns without truth columns: {missing}")
+    probs = frame[[f"p:{n}" for n in labels]].to_numpy(dtype=np.float64)
+    truth = frame[[f"y:{n}" for n in labels]].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(probs)):
+        row, col = np.argwhere(~np.isfinite(probs))[0]
+        raise ValueError(f"{path}: non-finite probability in row {row}, column 'p:{labels[col]}'")
+    known = truth[np.isfinite(truth)]
+    if known.size and not np.all((known == 0) | (known == 1)):
+        bad = np.unique(known[(known != 0) & (known != 1)])[:5]
+        raise ValueError(f"{path}: truth columns must be 0, 1 or NaN; found {bad.tolist()}")
+    return frame["id"].astype(str).tolist(), labels, probs, truth
+
+
+def group_of(count: float | None, config: EvalConfig) -> str | None:
+    """ "head" (> head_min_count), "tail" (< tail_max_count) or "medium"; None if count unknown."""
+    if count is None or not math.isfinite(count):
+        return None
+    if count > config.head_min_count:
+        return "head"
+    if count < config.tail_max_count:
+        return "tail"
+    return "medium"
+
+
+def _mean(values: list[float]) -> tuple[float, int]:
+    finite = [v for v in values if math.isfinite(v)]
+    return (float(np.mean(finite)) if finite else math.nan), len(finite)
+
+
+def _summary(per_label: dict[str, dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Means of each metric over `names`, each with the number of labels it covers."""
+    out: dict[str, Any] = {"labels_total": len(names), "n_labels": {}}
+    for metric in METRICS:
+        out[metric], out["n_labels"][metric] = _mean([per_label[n][metric] for n in names])
+    out["labels"] = list(names)
+    return out
+
+
+def label_metrics(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    labels: list[str],
+    *,
+    config: EvalConfig | None = None,
+    where: str = "predictions",
+) -> dict[str, dict[str, Any]]:
+    """Per label: auroc, ap, f1 (at config.f1_threshold), n (known rows), positives."""
+    config = config or EvalConfig()
+    out = {}
+    for j, name in enumerate(labels):
+        known = np.isfinite(truth[:, j])
+        y, p = truth[known, j] == 1, probs[known, j]
+        positives = int(y.sum())
+        if positives in (0, len(y)):
+            warnings.warn(
+                f"{where}: label {name!r} has a single class among its {len(y)} known rows "
+                f"({positives} positive); AUROC and AP are NaN",
+                SingleClassWarning,
+                stacklevel=2,
+            )
+        out[name] = {
+            "auroc": auroc(p, y) if len(y) else math.nan,
+            "ap": average_precision(p, y) if len(y) else math.nan,
+            "f1": f1_at(p, y, config.f1_threshold),
+            "n": int(len(y)),
+            "positives": positives,
+        }
+    return out
+
+
+def metrics_from_arrays(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    labels: list[str],
+    *,
+    train_counts: dict[str, float] | None = None,
+    config: EvalConfig | None = None,
+    where: str = "predictions",
+) -> dict[str, Any]:
+    """Per-label metrics, their means and head/medium/tail means (by training-set count)."""
+    config = config or EvalConfig()
+    per_label = label_metrics(probs, truth, labels, config=config, where=where)
+    counts = {canonical(k): v for k, v in (train_counts or {}).items()}
+    groups: dict[str, list[str]] = {g: [] for g in GROUPS}
+    for name in labels:
+        group = group_of(counts.get(canonical(name)), config)
+        per_label[name]["train_count"] = counts.get(canonical(name))
+        per_label[name]["group"] = group
+        if group:
+            groups[group].append(name)
+    return {
+        "n_images": int(probs.shape[0]),
+        "single_class": [n for n in labels if per_label[n]["positives"] in (0, per_label[n]["n"])],
+        "labels": per_label,
+        "mean": _summary(per_label, labels),
+        "groups": {g: _summary(per_label, names) for g, names in groups.items()},
+        "f1_threshold": config.f1_threshold,
+        "group_rule": {
+            "head_min_count": config.head_min_count,
+            "tail_max_count": config.tail_max_count,
+        },
+    }
+
+
+def metrics_for(
+    path: str | Path,
+    *,
+    train_counts: dict[str, float] | None = None,
+    config: EvalConfig | None = None,
+) -> dict[str, Any]:
+    """Metrics of one predictions parquet; single-class warnings are recorded in the result."""
+    _, labels, probs, truth = read_predictions(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SingleClassWarning)
+        result = metrics_from_arrays(
+            probs, truth, labels, train_counts=train_counts, config=config, where=str(path)
+        )
+    notes = [str(w.message) for w in caught if issubclass(w.category, SingleClassWarning)]
+    for note in notes:  # re-issue so callers still see them
+        warnings.warn(note, SingleClassWarning, stacklevel=2)
+    result["warnings"] = notes
+    result["predictions"] = Path(path).name
+    return result
+
+
+def train_counts_from_csv(path: str | Path) -> dict[str, float]:
+    """Positive count per canonical label in an NIH-CXR-LT style label CSV (0/1 columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training label file not found")
+    frame = pd.read_csv(path)
+    counts = {}
+    for column in frame.columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        finite = values.dropna()
+        if len(finite) and finite.isin([0, 1]).all() and column not in ("id", "subj_id"):
+            counts[canonical(column)] = float(finite.sum())
+    if not counts:
+        raise ValueError(f"{path}: no 0/1 label columns found")
+    return counts
+
+
+def testset_of(path: Path) -> str:
+    """'nih' from 'predictions-nih.parquet'."""
+    return path.stem.removeprefix("predictions-").removeprefix("predictions") or "test"
+
+
+def run_train_counts(run_dir: Path) -> tuple[dict[str, float], str]:
+    """Training-set label counts for a run and where they came from.
+
+    Looked for, in order: train_counts.json in the run dir; config.yaml's `train_counts` mapping;
+    a training label CSV named in config.yaml (`train_csv`, `data.train_csv` or
+    `paths.train_csv`); the NIH training CSV of the study root `data.study`; else the paper's
+    Table I counts.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "train_counts.json").is_file():
+        return json.loads((run_dir / "train_counts.json").read_text()), "train_counts.json"
+    cfg_path = run_dir / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
+    if isinstance(cfg, dict):
+        if isinstance(cfg.get("train_counts"), dict):
+            return {str(k): float(v) for k, v in cfg["train_counts"].items()}, "config.yaml"
+        for section in (cfg, cfg.get("data"), cfg.get("paths")):
+            csv = section.get("train_csv") if isinstance(section, dict) else None
+            if csv and Path(csv).is_file():
+                return train_counts_from_csv(csv), str(csv)
+        study = (cfg.get("data") or {}).get("study") if isinstance(cfg.get("data"), dict) else None
+        if study:
+            csv = Path(study) / "nih" / NIH_TRAIN_CSV
+            if csv.is_file():
+                return train_counts_from_csv(csv), str(csv)
+    return {k: float(v) for k, v in PAPER_TRAIN_COUNTS.items()}, "paper Table I"
+
+
+def prediction_files(run_dir: str | Path) -> list[Path]:
+    """The predictions-<testset>.parquet files of a run, sorted."""
+    return sorted(Path(run_dir).glob("predictions-*.parquet"))
+
+
+def write_metrics(
+    run_dir: str | Path,
+    *,
+    train_counts: dict[str, float] | None = None,
+    config: EvalConfig | None = None,
+) -> dict[str, Any]:
+    """Compute metrics for every predictions file of a run and write <run_dir>/metrics.json."""
+    run_dir = Path(run_dir)
+    files = prediction_files(run_dir)
+    if not files:
+        raise FileNotFoundError(
+            f"{run_dir}: no predictions-<testset>.parquet files; run `qcxr train` (or the "
+            "training run's prediction step) first"
+        )
+    source = "given"
+    if train_counts is None:
+        train_counts, source = run_train_counts(run_dir)
+    result = {
+        "run": str(run_dir),
+        "train_counts_source": source,
+        "testsets": {
+            testset_of(f): metrics_for(f, train_counts=train_counts, config=config) for f in files
+        },
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+    return result
+
+
+def jsonable(value: Any) -> Any:
+    """NaN/inf become null so metrics.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """metrics.json of a run, nulls back to NaN."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run `qcxr evaluate {run_dir}`")
+    return _nan_back(json.loads(path.read_text()))
+
+
+def _nan_back(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (math.nan if v is None and k in METRICS else _nan_back(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_nan_back(v) for v in value]
+    return value

@@ -1,0 +1,325 @@
+"""The paper's figures, one function each; every function writes <stem>.png and <stem>.svg.
+
+- `loss_curves`      Fig. 4: train loss per step and validation loss per epoch, mean +- std band
+                     over seeds, CDL against DQC.
+- `mean_auroc_bars`  Fig. 5: mean AUROC per task and test set, with significance marks.
+- `label_auroc_bars` Figs. 6-11: per-label AUROC sorted by occurrence (Table I), with marks.
+- `volcano`          Figs. 12-13: -log10 p against log2 % diff. AUROC, dashed line at p = 0.05.
+- `benchmark_bars`   Table III as bars, when benchmark results exist.
+
+Inputs are the tables `stats.compare` and `loss_table` return, so each figure's numbers are
+also written as CSV beside it by the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures go to files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from qcxr.config import EvalConfig  # noqa: E402
+from qcxr.evaluate.stats import MEAN, signed_log2  # noqa: E402
+from qcxr.labels import by_occurrence  # noqa: E402
+
+COLORS = {"cdl": "#1f77b4", "dqc": "#ff7f0e"}
+NAMES = {"cdl": "CDL", "dqc": "DQC"}
+TESTSET_NAMES = {"nih": "NIH-CXR-LT", "mimic": "MIMIC-CXR-LT"}
+
+
+def save(fig: plt.Figure, stem: str | Path) -> list[Path]:
+    """Write `fig` as <stem>.png and <stem>.svg and close it."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def read_history(path: str | Path) -> pd.DataFrame:
+    """A run's history.csv with the columns the figures use: epoch, step, train_loss, val_loss.
+
+    Lenient: column names are matched case-insensitively ("loss" stands for train_loss, "val"
+    for val_loss); a missing step column is the row number, a missing epoch column is 0. Rows
+    without a validation loss keep NaN there (validation is logged on epoch-end rows only).
+    """
+    path = Path(path)
+    frame = pd.read_csv(path)
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    aliases = {"loss": "train_loss", "val": "val_loss", "valid_loss": "val_loss"}
+    frame = frame.rename(columns={k: v for k, v in aliases.items() if v not in frame.columns})
+    if "train_loss" not in frame.columns and "val_loss" not in frame.columns:
+        raise ValueError(
+            f"{path}: needs a train_loss or val_loss column; has {list(frame.columns)}"
+        )
+    for column in ("train_loss", "val_loss"):
+        frame[column] = pd.to_numeric(frame.get(column, np.nan), errors="coerce")
+    if "step" not in frame.columns:
+        frame["step"] = np.arange(1, len(frame) + 1)
+    if "epoch" not in frame.columns:
+        frame["epoch"] = 0
+    return frame[["epoch", "step", "train_loss", "val_loss"]]
+
+
+def loss_table(histories: Mapping[str, Sequence[pd.DataFrame]]) -> pd.DataFrame:
+    """Mean, std and seed count of train loss per step and val loss per epoch, for each head.
+
+    Rows: head, kind ("train" by step, "val" by epoch), x, mean, std, seeds.
+    """
+    rows = []
+    for head, frames in histories.items():
+        for kind, x, column in (("train", "step", "train_loss"), ("val", "epoch", "val_loss")):
+            parts = [f[[x, column]].dropna() for f in frames]
+            parts = [p.groupby(x)[column].last() for p in parts if len(p)]
+            if not parts:
+                continue
+            wide = pd.concat(parts, axis=1)
+            for xv, values in wide.iterrows():
+                v = values.dropna().to_numpy()
+                rows.append(
+                    {
+                        "head": head,
+                        "kind": kind,
+                        "x": xv,
+                        "mean": float(v.mean()),
+                        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                        "seeds": len(v),
+                    }
+                )
+    return pd.DataFrame(rows, columns=["head", "kind", "x", "mean", "std", "seeds"])
+
+
+def loss_curves(table: pd.DataFrame, stem: str | Path, *, title: str = "") -> list[Path]:
+    """Fig. 4: train loss by step (left) and validation loss by epoch (right), band = +- std."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, kind, xlabel in ((axes[0], "train", "step"), (axes[1], "val", "epoch")):
+        for head, part in table[table["kind"] == kind].groupby("head"):
+            part = part.sort_values("x")
+            color = COLORS.get(head)
+            label = f"{NAMES.get(head, head)} (n={part['seeds'].max()})"
+            ax.plot(
+                part["x"],
+                part["mean"],
+                color=color,
+                label=label,
+                lw=1.2,
+                marker="o" if kind == "val" else None,
+                ms=3,
+            )
+            ax.fill_between(
+                part["x"],
+                part["mean"] - part["std"],
+                part["mean"] + part["std"],
+                color=color,
+                alpha=0.2,
+                lw=0,
+            )
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"{'training' if kind == 'train' else 'validation'} BCE loss")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+    fig.suptitle(title or "Training and validation loss")
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def _mark_pair(ax, x_left: float, x_right: float, top: float, mark: str) -> None:
+    """A bracket over two bars with the significance mark above it."""
+    h = 0.01
+    ax.plot([x_left, x_left, x_right, x_right], [top, top + h, top + h, top], color="k", lw=0.8)
+    ax.text((x_left + x_right) / 2, top + h, mark, ha="center", va="bottom", fontsize=8)
+
+
+def _paired_bars(ax, compared: pd.DataFrame, ticks: list[str]) -> None:
+    x = np.arange(len(compared))
+    width = 0.38
+    for offset, head in ((-width / 2, "cdl"), (width / 2, "dqc")):
+        ax.bar(
+            x + offset,
+            compared[f"{head}_mean"],
+            width,
+            yerr=compared[f"{head}_std"].fillna(0),
+            color=COLORS[head],
+            label=NAMES[head],
+            capsize=2,
+            error_kw={"lw": 0.8},
+        )
+    for i, (_, r) in enumerate(compared.iterrows()):
+        tops = [
+            r["cdl_mean"] + np.nan_to_num(r["cdl_std"]),
+            r["dqc_mean"] + np.nan_to_num(r["dqc_std"]),
+        ]
+        top = np.nanmax(tops) if np.isfinite(tops).any() else 0.5
+        _mark_pair(ax, i - width / 2, i + width / 2, top + 0.01, r["mark"])
+    ax.set_xticks(x, ticks)
+    finite = compared[["cdl_mean", "dqc_mean"]].to_numpy(dtype=float)
+    low = np.nanmin(finite) if np.isfinite(finite).any() else 0.5
+    ax.set_ylim(max(0.0, min(0.5, low - 0.05)), 1.05)
+    ax.axhline(0.5, color="grey", ls=":", lw=0.8)  # chance
+    ax.set_ylabel("AUROC")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars near 1 keep marks
+    ax.grid(axis="y", alpha=0.3)
+
+
+def mean_auroc_bars(compared: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Fig. 5: mean AUROC (+- std over seeds) of CDL and DQC per task and test set, with marks."""
+    rows = compared[compared["label"] == MEAN]
+    rank = {name: i for i, name in enumerate(TESTSET_NAMES)}  # internal (NIH) first, as Fig. 5
+    rows = rows.sort_values(
+        ["testset", "task"], key=lambda c: c.map(lambda v: (rank.get(v, 99), v))
+    )
+    ticks = [
+        f"{r.task.upper()}\n{TESTSET_NAMES.get(r.testset, r.testset)}" for r in rows.itertuples()
+    ]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1), 3.8))
+    _paired_bars(ax, rows, ticks)
+    ax.set_title("Mean AUROC, CDL vs DQC (ns p≥0.05, * <0.05, ** <0.01, *** <0.001)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def label_auroc_bars(
+    compared: pd.DataFrame, task: str, testset: str, stem: str | Path
+) -> list[Path]:
+    """Figs. 6-11: per-label AUROC of CDL and DQC for one task and test set, by occurrence."""
+    part = compared[(compared["task"] == task) & (compared["testset"] == testset)]
+    part = part[part["label"] != MEAN].set_index("label")
+    part = part.loc[by_occurrence(list(part.index))].reset_index()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(part) + 1.5), 4.0))
+    _paired_bars(ax, part, list(part["label"]))
+    ax.tick_params(axis="x", labelrotation=45)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right")
+    name = TESTSET_NAMES.get(testset, testset)
+    ax.set_title(
+        f"Per-label AUROC, {task.upper()}, {name} test set, sorted by occurrence", fontsize=9
+    )
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def volcano(
+    compared: pd.DataFrame,
+    labels: Sequence[str],
+    stem: str | Path,
+    *,
+    title: str = "",
+    alpha: float | None = None,
+) -> list[Path]:
+    """Figs. 12-13: one point per (task, test set, label) for `labels`.
+
+    x = sign-preserving log2 of the eq. (4) percent difference (right: CDL better), y = -log10 p
+    of the paired t-test; the dashed line is p = alpha (0.05).
+    """
+    alpha = EvalConfig().alpha if alpha is None else alpha
+    part = compared[compared["label"].isin(labels)].copy()
+    part = part[np.isfinite(part["p"].astype(float)) & np.isfinite(part["pct_diff"].astype(float))]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    markers = dict(zip(sorted(compared["testset"].unique()), "o^sDv<>", strict=False))
+    cmap = plt.get_cmap("tab20")
+    ordered = [lab for lab in by_occurrence(list(labels)) if lab in set(part["label"])]
+    for k, label in enumerate(ordered):
+        rows = part[part["label"] == label]
+        for r in rows.itertuples():
+            ax.scatter(
+                signed_log2(r.pct_diff),
+                -math.log10(max(r.p, 1e-300)),
+                color=cmap(k % 20),
+                marker=markers.get(r.testset, "o"),
+                s=30,
+                edgecolor="k",
+                lw=0.4,
+                label=label if r.Index == rows.index[0] else None,
+            )
+    for testset, marker in markers.items():
+        ax.scatter(
+            [],
+            [],
+            marker=marker,
+            color="w",
+            edgecolor="k",
+            label=TESTSET_NAMES.get(testset, testset),
+        )
+    ax.axhline(-math.log10(alpha), color="k", ls="--", lw=1)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_xlabel("log2(% diff. AUROC), sign kept (right: CDL better)")
+    ax.set_ylabel("-log10(p)")
+    ax.set_title(title or "Volcano plot", fontsize=10)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+BENCH_ALIASES = {
+    "framework": ("framework", "impl", "implementation", "library", "backend"),
+    "head": ("head", "model"),
+    "n": ("n", "qubits", "labels", "num_labels", "task"),
+    "mean_s": ("mean_s", "mean", "seconds", "time_s", "mean_time_s"),
+    "std_s": ("std_s", "std", "std_time_s"),
+}
+
+
+def read_benchmark(path: str | Path) -> pd.DataFrame:
+    """A benchmark CSV as columns framework, head, n, mean_s, std_s (names matched leniently)."""
+    path = Path(path)
+    frame = pd.read_csv(path)
+    lower = {str(c).strip().lower(): c for c in frame.columns}
+    out = {}
+    for name, options in BENCH_ALIASES.items():
+        found = next((lower[o] for o in options if o in lower), None)
+        if found is None and name != "std_s":
+            raise ValueError(
+                f"{path}: no {name!r} column (accepted: {options}); has {list(frame.columns)}"
+            )
+        out[name] = frame[found] if found is not None else 0.0
+    table = pd.DataFrame(out)
+    table["head"] = table["head"].astype(str).str.lower()
+    return table
+
+
+def benchmark_bars(table: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Table III as grouped bars: seconds per training step, per (n, head), one bar per framework."""
+    groups = table.groupby(["n", "head"], sort=True)
+    frameworks = list(dict.fromkeys(table["framework"]))
+    keys = list(groups.groups)
+    x = np.arange(len(keys))
+    width = 0.8 / max(1, len(frameworks))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(keys) + 2), 3.8))
+    for k, fw in enumerate(frameworks):
+        means, stds = [], []
+        for key in keys:
+            row = groups.get_group(key)
+            row = row[row["framework"] == fw]
+            means.append(float(row["mean_s"].iloc[0]) if len(row) else np.nan)
+            stds.append(float(row["std_s"].iloc[0]) if len(row) else 0.0)
+        ax.bar(
+            x + (k - (len(frameworks) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            label=str(fw),
+            capsize=2,
+        )
+    ax.set_xticks(x, [f"{h.upper()}\nn={n}" for n, h in keys])
+    values = table["mean_s"].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) and values.max() / values.min() > 20:  # Table III spans 0.06 s to 15 s
+        ax.set_yscale("log")
+    ax.set_ylabel("seconds per training step")
+    ax.set_title("Training-step wall-clock time (Table III)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save(fig, stem)

@@ -1,0 +1,316 @@
+"""Statistics across seeds: CDL against DQC for each task and test set (Sec. III-G).
+
+- Paired t-test (scipy.stats.ttest_rel, pairs matched by seed) on mean AUROC and on every
+  label's AUROC, as in the paper.
+- Percent difference, eq. (4): 100 * 2 * (CDL - DQC) / (CDL + DQC), on the means over seeds.
+- Significance marks as in the paper's captions: ns p >= 0.05, * < 0.05, ** < 0.01, *** < 0.001.
+- Beyond the paper: Holm's step-down correction across the labels of one comparison, reported
+  beside the raw p-values, and percentile bootstrap confidence intervals for each model's
+  seed-mean AUROC (test images resampled, the same resamples for every seed and both heads, so
+  the CDL - DQC difference gets an interval too).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from qcxr.config import EvalConfig
+from qcxr.evaluate.metrics import weighted_auroc
+
+MEAN = "mean"  # the row holding the mean over labels, beside the per-label rows
+HEADS = ("cdl", "dqc")
+
+
+def significance_mark(p: float) -> str:
+    """The paper's marks: ns (p >= 0.05), * (< 0.05), ** (< 0.01), *** (< 0.001); 'n.a.' if NaN (untestable)."""
+    if p is None or not math.isfinite(p):
+        return "n.a."
+    if p < 0.001:
+        return "***"
+    if p < 0.01:
+        return "**"
+    if p < 0.05:
+        return "*"
+    return "ns"
+
+
+def percent_difference(cdl: float, dqc: float) -> float:
+    """Eq. (4) in percent: 100 * 2 * (CDL - DQC) / (CDL + DQC); positive when CDL is better."""
+    total = cdl + dqc
+    return 100.0 * 2.0 * (cdl - dqc) / total if total else math.nan
+
+
+def signed_log2(value: float | np.ndarray) -> float | np.ndarray:
+    """sign(v) * log2(1 + |v|): the volcano plot's x-axis for a percent difference of either sign.
+
+    The paper plots log2(% diff.) while also showing labels where DQC beat CDL (negative
+    differences), so a sign-preserving log is used; 0 maps to 0.
+    """
+    return np.sign(value) * np.log2(1.0 + np.abs(value))
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, int]:
+    """(t, two-sided p, pairs) of scipy.stats.ttest_rel over pairs where both values are finite."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    n = int(keep.sum())
+    if n < 2:
+        return math.nan, math.nan, n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero-variance differences -> NaN
+        result = sps.ttest_rel(a[keep], b[keep])
+    return float(result.statistic), float(result.pvalue), n
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values (family = the finite entries); NaN entries stay NaN."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="mergesort")]
+    scaled = (m - np.arange(m)) * p[order]
+    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out
+
+
+def _std(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+
+
+def _mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.mean(finite)) if len(finite) else math.nan
+
+
+def compare(auroc: pd.DataFrame, *, metric: str = "auroc") -> pd.DataFrame:
+    """CDL against DQC for every (task, testset, label) in a long table.
+
+    `auroc` has columns task, testset, head, seed, label, and `metric` (the label "mean" holds
+    the mean over labels). Returns one row per (task, testset, label) with each head's mean and
+    sample std (ddof=1) over seeds, the number of seed pairs, eq. (4) percent difference on the
+    seed means, t, p, its mark, and the Holm-adjusted p over the labels (not the mean row) of
+    the same task and test set.
+    """
+    missing = {"task", "testset", "head", "seed", "label", metric} - set(auroc.columns)
+    if missing:
+        raise ValueError(f"AUROC table lacks columns {sorted(missing)}")
+    frame = auroc.assign(head=auroc["head"].str.lower())
+    rows = []
+    for (task, testset), part in frame.groupby(["task", "testset"], sort=True):
+        # groupby keeps all-NaN labels (pivot_table would drop them): they get NaN, not a KeyError
+        wide = part.groupby(["label", "seed", "head"])[metric].first().unstack("head")
+        for head in HEADS:
+            if head not in wide.columns:
+                wide[head] = np.nan
+        for label in part["label"].drop_duplicates():
+            by_seed = wide.loc[label]
+            cdl, dqc = by_seed["cdl"].to_numpy(), by_seed["dqc"].to_numpy()
+            t, p, pairs = paired_ttest(cdl, dqc)
+            cdl_mean, dqc_mean = _mean(cdl), _mean(dqc)
+            rows.append(
+                {
+                    "task": task,
+                    "testset": testset,
+                    "label": label,
+                    "cdl_mean": cdl_mean,
+                    "cdl_std": _std(cdl),
+                    "dqc_mean": dqc_mean,
+                    "dqc_std": _std(dqc),
+                    "pairs": pairs,
+                    "pct_diff": percent_difference(cdl_mean, dqc_mean),
+                    "t": t,
+                    "p": p,
+                    "mark": significance_mark(p),
+                }
+            )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"] = np.nan
+    for _, idx in out[out["label"] != MEAN].groupby(["task", "testset"]).groups.items():
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy())
+    out.loc[out["label"] == MEAN, "p_holm"] = out.loc[out["label"] == MEAN, "p"]
+    out["mark_holm"] = [significance_mark(p) for p in out["p_holm"]]
+    return out
+
+
+def summary_table(compared: pd.DataFrame, *, digits: int = 3) -> list[dict[str, Any]]:
+    """Rows for the closing note: task, testset, CDL and DQC mean +- std, % diff, p, mark.
+
+    One row per (task, testset), from the mean-AUROC rows of `compare`.
+    """
+    rows = []
+    for _, r in compared[compared["label"] == MEAN].iterrows():
+        rows.append(
+            {
+                "task": r["task"],
+                "testset": r["testset"],
+                "cdl": f"{r['cdl_mean']:.{digits}f} ± {r['cdl_std']:.{digits}f}",
+                "dqc": f"{r['dqc_mean']:.{digits}f} ± {r['dqc_std']:.{digits}f}",
+                "pct_diff": round(float(r["pct_diff"]), 2),
+                "p": float(r["p"]),
+                "mark": r["mark"],
+                "seeds": int(r["pairs"]),
+            }
+        )
+    return rows
+
+
+def _aligned(runs: Sequence[tuple[list[str], np.ndarray, np.ndarray]], where: str):
+    """Reorder every run's rows to the first run's id order; the id sets must match."""
+    ref_ids = list(runs[0][0])
+    ref_index = {k: i for i, k in enumerate(ref_ids)}
+    out = []
+    for n, (ids, probs, truth) in enumerate(runs):
+        if len(ids) != len(ref_ids) or set(ids) != ref_index.keys():
+            raise ValueError(f"{where}: run {n} has different test image ids than run 0")
+        order = np.argsort([ref_index[k] for k in ids])
+        out.append((probs[order], truth[order]))
+    return out
+
+
+def bootstrap_auroc(
+    runs: dict[str, Sequence[tuple[list[str], np.ndarray, np.ndarray]]],
+    labels: Sequence[str],
+    *,
+    resamples: int | None = None,
+    seed: int = 0,
+    alpha: float | None = None,
+    chunk: int = 100,
+    where: str = "bootstrap",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Percentile bootstrap CIs of each head's seed-mean AUROC, per label and for the mean.
+
+    `runs` maps a head to its seeds' (ids, probs (N, n), truth (N, n)) on one test set. Test
+    images are resampled with replacement; each resample weights every seed and head alike.
+    Rows: head (each head, and "cdl-dqc" when both exist), label, estimate, lo, hi, resamples.
+    """
+    config = EvalConfig()
+    resamples = config.bootstrap if resamples is None else resamples
+    alpha = config.alpha if alpha is None else alpha
+    heads = [h for h in runs if runs[h]]
+    flat = [run for h in heads for run in runs[h]]
+    aligned = _aligned(flat, where)
+    per_head, start = {}, 0
+    for h in heads:
+        per_head[h] = aligned[start : start + len(runs[h])]
+        start += len(runs[h])
+    n_images, n_labels = aligned[0][0].shape
+    rng = np.random.default_rng(seed)
+    # draws[head] : (resamples, n_labels) seed-mean AUROC per resample
+    draws = {h: np.empty((resamples, n_labels)) for h in heads}
+    point = {h: np.empty(n_labels) for h in heads}
+    ones = np.ones((1, n_images), dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN label -> NaN, not a crash
+        for h in heads:
+            for j in range(n_labels):
+                point[h][j] = np.nanmean(
+                    [
+                        weighted_auroc(p[:, j], t[:, j] == 1, ones, np.isfinite(t[:, j]))[0]
+                        for p, t in per_head[h]
+                    ]
+                )
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=resamples, desc=f"bootstrap {where}", unit="resample", disable=not progress)
+    for lo in range(0, resamples, chunk):
+        size = min(chunk, resamples - lo)
+        counts = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=size)
+        counts = counts.astype(np.int32)
+        for h in heads:
+            for j in range(n_labels):
+                per_seed = [
+                    weighted_auroc(p[:, j], t[:, j] == 1, counts, np.isfinite(t[:, j]))
+                    for p, t in per_head[h]
+                ]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    draws[h][lo : lo + size, j] = np.nanmean(per_seed, axis=0)
+        bar.update(size)
+    bar.close()
+    rows = []
+
+    def add(head: str, label: str, estimate: float, sample: np.ndarray) -> None:
+        sample = sample[np.isfinite(sample)]
+        lo_, hi_ = (
+            np.percentile(sample, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+            if len(sample)
+            else (math.nan, math.nan)
+        )
+        rows.append(
+            {
+                "head": head,
+                "label": label,
+                "estimate": float(estimate),
+                "lo": float(lo_),
+                "hi": float(hi_),
+                "resamples": int(len(sample)),
+            }
+        )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = {h: np.nanmean(draws[h], axis=1) for h in heads}
+        for h in heads:
+            for j, label in enumerate(labels):
+                add(h, label, point[h][j], draws[h][:, j])
+            add(h, MEAN, np.nanmean(point[h]), means[h])
+        if {"cdl", "dqc"} <= set(heads):
+            for j, label in enumerate(labels):
+                diff = draws["cdl"][:, j] - draws["dqc"][:, j]
+                add("cdl-dqc", label, point["cdl"][j] - point["dqc"][j], diff)
+            add(
+                "cdl-dqc",
+                MEAN,
+                np.nanmean(point["cdl"]) - np.nanmean(point["dqc"]),
+                means["cdl"] - means["dqc"],
+            )
+    return pd.DataFrame(rows)
+
+
+def long_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Long AUROC table (task, testset, head, seed, label, auroc, ap, f1) from run metrics.
+
+    Each record: task, head, seed and `metrics` (a metrics.json dict with "testsets").
+    """
+    rows = []
+    for rec in records:
+        for testset, m in rec["metrics"].get("testsets", {}).items():
+            base = {
+                "task": rec["task"],
+                "testset": testset,
+                "head": rec["head"],
+                "seed": rec["seed"],
+            }
+            for label, v in m["labels"].items():
+                rows.append(
+                    {
+                        **base,
+                        "label": label,
+                        **{k: v.get(k, math.nan) for k in ("auroc", "ap", "f1")},
+                    }
+                )
+            rows.append(
+                {
+                    **base,
+                    "label": MEAN,
+                    **{k: m["mean"].get(k, math.nan) for k in ("auroc", "ap", "f1")},
+                }
+            )
+    frame = pd.DataFrame(
+        rows, columns=["task", "testset", "head", "seed", "label", "auroc", "ap", "f1"]
+    )
+    return frame.astype({"auroc": float, "ap": float, "f1": float})

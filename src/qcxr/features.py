@@ -1,0 +1,288 @@
+"""Frozen-feature store: pooled ResNet-50 features of every image of a split, computed once.
+
+One safetensors file per split: tensor "features" float32 (N, 2048), or (N, K, 2048) with K
+augmented views per image; metadata (strings) "ids" (JSON list, row order), "weights" (identity of
+the backbone weights), "views", "seed", "dtype". Extraction is resumable: finished rows go to
+chunk files in `<out>.partial/` as they complete; a rerun skips the ids already there and the
+chunks are merged into `<out>` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FEATURES = "features"
+MANIFEST = "manifest.json"
+SETTINGS = ("weights", "views", "seed", "dtype")  # a resumed run must match these
+
+
+@dataclass(frozen=True)
+class FeatureStore:
+    ids: list[str]
+    features: np.ndarray  # float32 (N, 2048) or (N, K, 2048)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> str:
+        return self.meta.get("weights", "")
+
+    @property
+    def views(self) -> int:
+        return int(self.meta.get("views", 0))
+
+
+# ----------------------------------------------------------------------------- file format
+
+
+def save_feature_store(path: str | Path, store: FeatureStore) -> None:
+    """Write atomically (temp file, then rename): a killed write never leaves a half file."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if len(store.ids) != len(store.features):
+        raise ValueError(f"{path}: {len(store.ids)} ids for {len(store.features)} feature rows")
+    meta = {k: str(v) for k, v in store.meta.items() if k != "ids"}
+    meta["ids"] = json.dumps(list(store.ids))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    features = np.ascontiguousarray(store.features, dtype=np.float32)
+    save_file({FEATURES: features}, str(temporary), metadata=meta)
+    temporary.replace(path)
+
+
+def load_feature_store(path: str | Path) -> FeatureStore:
+    """Read a feature store; a malformed file is an error naming it and what is wrong."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no feature store here (make one with `qcxr features`)")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = dict(handle.metadata() or {})
+            if FEATURES not in handle.keys():  # noqa: SIM118 - not a dict
+                raise ValueError(f"{path}: no tensor {FEATURES!r} in the feature store")
+            features = handle.get_tensor(FEATURES)
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors feature store ({err})") from None
+    if "ids" not in meta:
+        raise ValueError(f"{path}: metadata has no 'ids'")
+    ids = json.loads(meta.pop("ids"))
+    if len(ids) != len(features):
+        raise ValueError(f"{path}: {len(ids)} ids in metadata but {len(features)} feature rows")
+    if features.dtype != np.float32 or features.ndim not in (2, 3):
+        raise ValueError(
+            f"{path}: features are {features.dtype} {features.shape}, expected float32"
+        )
+    return FeatureStore(ids=ids, features=features, meta=meta)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def view_keys(ids: Sequence[str], view: int, seed: int) -> Any:
+    """One PRNG key per image and view, from (seed, id, view) only: batch and chunk boundaries,
+    and resuming, do not change an image's augmentations."""
+    import jax
+
+    base = jax.random.fold_in(jax.random.PRNGKey(seed), view)
+    tags = np.array([zlib.crc32(i.encode()) for i in ids], dtype=np.uint32)
+    return jax.vmap(lambda tag: jax.random.fold_in(base, tag))(tags)
+
+
+def default_augment() -> Callable[[Any, Any], Any]:
+    """qcxr.data.augment.augment (contract C): uint8 images, key -> normalised float32 views."""
+    from qcxr.data.augment import augment
+
+    return augment
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def _forward_fn(model: Any, views: int, augment_fn: Callable | None) -> Callable:
+    """jit(variables, uint8 images, keys (K, B) or None) -> float32 (B, 2048) or (B, K, 2048)."""
+    import jax
+    import jax.numpy as jnp
+
+    def pooled(variables, x):
+        return model.apply(variables, x, train=False).astype(jnp.float32)
+
+    if views == 0:
+        from qcxr.data.augment import normalize
+
+        return jax.jit(lambda variables, images, keys: pooled(variables, normalize(images)))
+
+    def one_view(variables, images, keys):
+        # A key per image: vmap augments each image alone, so its view depends on its own key.
+        x = jax.vmap(lambda image, key: augment_fn(image[None], key)[0])(images, keys)
+        return pooled(variables, x)
+
+    def all_views(variables, images, keys):
+        return jnp.stack([one_view(variables, images, keys[k]) for k in range(views)], axis=1)
+
+    return jax.jit(all_views)
+
+
+def partial_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def done_ids(out: str | Path) -> list[str]:
+    """Ids already extracted into `<out>.partial/`, in row order (empty if none)."""
+    return [i for chunk in _chunks(partial_dir(out)) for i in load_feature_store(chunk).ids]
+
+
+def _chunks(directory: Path) -> list[Path]:
+    return sorted(directory.glob("chunk-*.safetensors")) if directory.is_dir() else []
+
+
+def _open_partial(out: Path, settings: dict[str, str]) -> Path:
+    directory = partial_dir(out)
+    manifest = directory / MANIFEST
+    if manifest.is_file():
+        previous = json.loads(manifest.read_text())
+        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"{directory}: an unfinished extraction with other settings ({detail}); "
+                "rerun with the same settings to resume it, or delete the directory to restart"
+            )
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(settings, indent=2))
+    return directory
+
+
+def extract_features(
+    batches: Iterable[tuple[Sequence[str], np.ndarray]],
+    variables: dict,
+    out: str | Path,
+    *,
+    weights: str,
+    views: int = 0,
+    seed: int = 0,
+    dtype: str = "float32",
+    batch_size: int | None = None,
+    chunk_rows: int = 1024,
+    total: int | None = None,
+    augment_fn: Callable[[Any, Any], Any] | None = None,
+    model: Any = None,
+    progress: bool = True,
+    meta: dict[str, str] | None = None,
+) -> FeatureStore:
+    """Pooled backbone features (eval mode) of every image in `batches`, stored at `out`.
+
+    `batches` yields (ids, uint8 images (B, H, W, 1|3)). Ids already in `<out>.partial/` from an
+    interrupted run with the same settings are skipped; finished rows are written every
+    `chunk_rows`. With `views` = K > 0, each image gets K augmented views from `augment_fn`
+    (default qcxr.data.augment.augment), keyed by (seed, id, view). `batch_size` pads short
+    batches so that one compiled shape serves all. Returns the merged store.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from qcxr.models.resnet import resnet50
+
+    out = Path(out)
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, not {dtype!r}")
+    # Without views the seed changes nothing, so it must not block resuming or reuse.
+    settings = {
+        "weights": weights,
+        "views": str(views),
+        "seed": str(seed) if views else "none",
+        "dtype": dtype,
+    }
+    directory = _open_partial(out, settings)
+    if views and augment_fn is None:
+        augment_fn = default_augment()
+    model = model or resnet50(dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+    forward = _forward_fn(model, views, augment_fn)
+    variables = jax.device_put(variables)
+
+    finished = done_ids(out)
+    resumed, seen = set(finished), set()
+    chunk_index = len(_chunks(directory))
+    pending_ids: list[str] = []
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal chunk_index
+        if pending_ids:
+            chunk = FeatureStore(pending_ids[:], np.concatenate(pending), settings)
+            save_feature_store(directory / f"chunk-{chunk_index:06d}.safetensors", chunk)
+            chunk_index += 1
+            pending_ids.clear()
+            pending.clear()
+
+    bar = _progress(total, len(finished), progress)
+    for ids, images in batches:
+        ids = list(ids)
+        keep = [j for j, i in enumerate(ids) if i not in resumed]
+        if len(keep) < len(ids):  # part of this batch was done before an interruption
+            ids, images = [ids[j] for j in keep], np.asarray(images)[keep]
+        if not ids:
+            continue
+        duplicates = sorted({i for i in ids if i in seen} | {i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"image ids occur more than once in the input: {duplicates[:5]}")
+        seen.update(ids)
+        rows = _run(forward, variables, np.asarray(images), ids, views, seed, batch_size)
+        pending_ids.extend(ids)
+        pending.append(rows)
+        bar.update(len(ids))
+        if len(pending_ids) >= chunk_rows:
+            flush()
+    flush()
+    bar.close()
+    return _merge(out, directory, settings, meta or {})
+
+
+def _run(forward, variables, images, ids, views, seed, batch_size) -> np.ndarray:
+    import jax.numpy as jnp
+
+    n = len(ids)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be uint8 (B, H, W, 1|3), got {images.dtype} {images.shape}")
+    padded = images
+    if batch_size and n < batch_size:  # pad so that the last, short batch reuses the compilation
+        padded = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), np.uint8)])
+    keys = None
+    if views:
+        pad_ids = list(ids) + [""] * (len(padded) - n)
+        keys = jnp.stack([view_keys(pad_ids, k, seed) for k in range(views)])
+    return np.asarray(forward(variables, jnp.asarray(padded), keys))[:n]
+
+
+def _merge(out: Path, directory: Path, settings: dict, meta: dict) -> FeatureStore:
+    chunks = [load_feature_store(c) for c in _chunks(directory)]
+    if not chunks:
+        raise ValueError(f"no images to extract features from (nothing written to {out})")
+    ids = [i for chunk in chunks for i in chunk.ids]
+    store = FeatureStore(
+        ids=ids,
+        features=np.concatenate([chunk.features for chunk in chunks]),
+        meta={**meta, **settings},
+    )
+    save_feature_store(out, store)
+    shutil.rmtree(directory)
+    return store
+
+
+def _progress(total: int | None, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="features", disable=not enabled)

@@ -1,0 +1,174 @@
+"""`qcxr features`: the frozen-feature store of one split (see qcxr.features)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SPLITS = ("train", "val", "test", "mimic")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from qcxr.config import Config
+
+    config = Config()
+    parser = subparsers.add_parser(
+        "features",
+        help="pooled ResNet-50 features of every image of a split (frozen fast path)",
+        description="Compute pooled ResNet-50 features (eval mode) of every image of a split, "
+        "from the image cache, into a safetensors feature store. Resumable: rerun the same "
+        "command after an interruption.",
+    )
+    data = parser.add_argument_group("data (layout of `qcxr synth`; override for real data)")
+    data.add_argument("--study", type=Path, help="study root with nih/ and mimic/")
+    data.add_argument("--split", choices=SPLITS, required=True)
+    data.add_argument("--cache", type=Path, required=True, help="image cache (`qcxr cache build`)")
+    data.add_argument("--csv", type=Path, help="label CSV of the split (instead of --study)")
+    data.add_argument("--images", type=Path, help="NIH image dir or MIMIC-CXR-JPG root")
+    data.add_argument("--metadata", type=Path, help="MIMIC metadata CSV (frontal-view filter)")
+    data.add_argument("--task", default=config.task, help="label set (%(default)s)")
+    parser.add_argument(
+        "--weights",
+        default=config.model.weights,
+        help="hub id, HF directory, torchvision state-dict file, or 'random[:SEED]' (%(default)s)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="feature store (.safetensors)")
+    parser.add_argument("--batch-size", type=int, default=config.train.batch_size)
+    parser.add_argument("--views", type=int, default=0, help="K augmented views per image")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="backbone compute dtype; bfloat16 is for GPUs",
+    )
+    parser.add_argument("--chunk-rows", type=int, default=1024, help="rows per resumable chunk")
+    parser.add_argument("--threads", type=int, default=config.data.loader_threads)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run_features)
+
+
+def split_files(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    """(label CSV, image dir or root, MIMIC metadata CSV) from --study or the explicit paths."""
+    if args.csv and args.images:
+        return args.csv, args.images, args.metadata
+    if not args.study:
+        raise ValueError("give --study ROOT, or both --csv and --images")
+    from qcxr.data.synthetic import study_paths
+
+    study = study_paths(args.study)
+    if args.split == "mimic":
+        return (
+            args.csv or study.mimic_csv,
+            args.images or study.mimic_root,
+            args.metadata or study.mimic_metadata,
+        )
+    return args.csv or study.nih_csv[args.split], args.images or study.nih_images, None
+
+
+def open_dataset(args: argparse.Namespace):
+    from qcxr.data import datasets
+
+    csv, images, metadata = split_files(args)
+    if args.split == "mimic":
+        # Labels are not used here: a label column absent from the MIMIC file is no obstacle.
+        return datasets.MIMICCXRLT(
+            csv, images, args.task, metadata_csv=metadata, allow_missing_labels=True
+        )
+    return datasets.NIHCXRLT(csv, images, args.task)
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from qcxr import features
+    from qcxr.data.cache import ImageCache
+    from qcxr.data.loader import Loader
+    from qcxr.models.weights import random_weights_warning, resolve_resnet50_weights
+
+    if args.batch_size < 1 or args.views < 0 or args.chunk_rows < 1:
+        raise ValueError("--batch-size and --chunk-rows must be >= 1, --views >= 0")
+    dataset = open_dataset(args)
+    variables, identity = resolve_resnet50_weights(args.weights)
+    banner = random_weights_warning(identity)
+    if banner:
+        print(banner, file=sys.stderr)
+    if args.out.exists():
+        if args.overwrite:
+            args.out.unlink()
+        elif _up_to_date(args, dataset.ids, identity):
+            return _report(args, features.load_feature_store(args.out), banner, "up to date")
+        else:
+            raise ValueError(f"{args.out}: exists with other images or settings; use --overwrite")
+    if args.overwrite and features.partial_dir(args.out).exists():
+        import shutil
+
+        shutil.rmtree(features.partial_dir(args.out))
+
+    done = features.done_ids(args.out)
+    # Resume from the first unfinished batch when the finished rows are a prefix in this order.
+    start = len(done) // args.batch_size if done == dataset.ids[: len(done)] else 0
+    loader = Loader(
+        dataset,
+        ImageCache(args.cache),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        shuffle=False,
+        drop_last=False,
+        threads=args.threads,
+    )
+    store = features.extract_features(
+        ((batch.ids, batch.images) for batch in loader.epoch(0, start=start)),
+        variables,
+        args.out,
+        weights=identity,
+        views=args.views,
+        seed=args.seed,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        chunk_rows=args.chunk_rows,
+        total=len(dataset.ids),
+        progress=not args.no_progress,
+        meta={"split": args.split, "labels_checksum": getattr(dataset, "checksum", "")},
+    )
+    missing = set(dataset.ids) - set(store.ids)
+    if missing:
+        raise ValueError(
+            f"{args.out}: {len(missing)} images have no features: {sorted(missing)[:5]}"
+        )
+    return _report(args, store, banner, "written")
+
+
+def _up_to_date(args: argparse.Namespace, ids: list[str], identity: str) -> bool:
+    from qcxr.features import load_feature_store
+
+    store = load_feature_store(args.out)
+    wanted = {
+        "weights": identity,
+        "views": str(args.views),
+        "seed": str(args.seed) if args.views else "none",
+        "dtype": args.dtype,
+    }
+    return store.ids == ids and all(store.meta.get(k) == v for k, v in wanted.items())
+
+
+def _report(args, store, banner: str | None, status: str) -> int:
+    summary = {
+        "out": str(args.out),
+        "status": status,
+        "split": args.split,
+        "images": len(store.ids),
+        "shape": list(store.features.shape),
+        "weights": store.weights,
+        "random_weights": banner is not None,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key:15s} {value}")
+    if banner:
+        print(banner, file=sys.stderr)
+    return 0

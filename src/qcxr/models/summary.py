@@ -1,0 +1,40 @@
+"""Parameter counts per component, in the rows of Table II."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from qcxr.labels import task_labels
+from qcxr.models.heads import make_head
+
+COMPONENTS = {
+    "preprocess": "Classical Preprocess",
+    "circuit": "Quantum",
+    "postprocess": "Classical Postprocess",
+}
+
+
+def head_param_counts(task: str, head: str, num_layers: int = 3) -> dict[str, int]:
+    """{Table II component: trainable parameters} for a head, from its initialised shapes."""
+    n = len(task_labels(task))
+    module = make_head(head, n, num_layers=num_layers)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 2048)))
+    params = shapes["params"]
+    return {
+        label: sum(int(leaf.size) for leaf in jax.tree.leaves(params[name]))
+        for name, label in COMPONENTS.items()
+        if name in params
+    }
+
+
+def model_summary(task: str, head: str, num_layers: int = 3) -> list[dict]:
+    """Rows (component, parameters) for the whole model: ResNet50 then the head's parts."""
+    from qcxr.models.resnet import resnet50_param_count
+
+    rows = [{"component": "ResNet50", "parameters": resnet50_param_count()}]
+    rows += [
+        {"component": k, "parameters": v} for k, v in head_param_counts(task, head, num_layers).items()
+    ]
+    rows.append({"component": "Total", "parameters": sum(r["parameters"] for r in rows)})
+    return rows

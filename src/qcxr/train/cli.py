@@ -1,0 +1,169 @@
+"""`qcxr train` (one run) and `qcxr run CONFIG.yaml` (a grid)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# flag -> dotted config key (value types come from argparse)
+TRAIN_FLAGS = {
+    "task": "task",
+    "head": "model.head",
+    "seed": "train.seed",
+    "mode": "train.mode",
+    "study": "data.study",
+    "features": "data.features",
+    "cache": "data.cache",
+    "epochs": "train.max_epochs",
+    "patience": "train.patience",
+    "batch_size": "train.batch_size",
+    "lr": "train.learning_rate",
+    "loss": "train.loss",
+    "schedule": "train.schedule",
+    "optimizer": "train.optimizer",
+    "checkpoint_every": "train.checkpoint_every",
+    "backbone": "model.backbone",
+    "weights": "model.weights",
+    "layers": "model.num_layers",
+    "entangler": "model.entangler",
+    "backend": "model.backend",
+}
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    from qcxr.train.grid import _nested
+
+    return _nested(dotted, value)
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    from qcxr.train.grid import _merge
+
+    out: dict[str, Any] = {}
+    for flag, key in flags.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out = _merge(out, _nested(key, value))
+    for item in getattr(args, "set", None) or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=3e-4")
+        import yaml
+
+        out = _merge(out, _nested(key.strip(), yaml.safe_load(text)))
+    return out
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", help="study root (nih/ and mimic/ label files and images)")
+    parser.add_argument(
+        "--features", help="frozen mode: dir with {train,val,test,mimic}.safetensors"
+    )
+    parser.add_argument("--cache", help="finetune mode: image cache dir (default <out>/cache)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config setting by dotted key, e.g. train.loss=focal (repeatable)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train one model (CDL or DQC head; finetune or frozen mode)",
+        description="Train one run into <out>/<task>/<head>/seed-<k>/ (history.csv, "
+        "checkpoints/, predictions-*.parquet, metrics.json). Defaults: the paper's protocol.",
+    )
+    train.add_argument("--config", help="YAML config (any Config field; a grid file's base)")
+    train.add_argument("--task", choices=("cxr8", "cxr14", "cxr19"))
+    train.add_argument("--head", choices=("cdl", "dqc"))
+    train.add_argument("--seed", type=int)
+    train.add_argument("--mode", choices=("finetune", "frozen"))
+    train.add_argument("--out", default="runs/default", help="experiment dir (runs/<experiment>)")
+    train.add_argument("--run-dir", help="exact run directory (instead of the <out>/... layout)")
+    train.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    train.add_argument("--epochs", type=int, help="maximum epochs (paper: 50)")
+    train.add_argument("--patience", type=int, help="early-stopping patience (paper: 5)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="learning rate (paper: 1e-4)")
+    train.add_argument("--loss", choices=("bce", "weighted_bce", "focal", "asl"))
+    train.add_argument("--schedule", choices=("constant", "cosine", "warmup_cosine"))
+    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    train.add_argument("--checkpoint-every", type=int, help="steps between mid-epoch checkpoints")
+    train.add_argument("--backbone", choices=("resnet50", "tiny"))
+    train.add_argument("--weights", help="backbone weights: hub id, directory, file or random:N")
+    train.add_argument("--layers", type=int, help="DQC variational layers (paper: 3)")
+    train.add_argument("--entangler", choices=("ring", "chain", "none"))
+    train.add_argument("--backend", help="DQC circuit backend (statevector, pennylane)")
+    _add_common(train)
+    train.set_defaults(func=train_command)
+
+    run = subparsers.add_parser(
+        "run",
+        help="train a grid of runs from a YAML file (skips finished runs, resumes others)",
+        description="Train tasks x heads x seeds (and lists of any setting) from a grid file "
+        "such as configs/paper.yaml.",
+    )
+    run.add_argument("config", help="grid YAML (configs/paper.yaml, configs/demo.yaml)")
+    run.add_argument("--out", help="experiment dir (default runs/<experiment>)")
+    _add_common(run)
+    run.set_defaults(func=run_command)
+
+
+def _result_row(result: Any) -> dict[str, Any]:
+    row = dataclasses.asdict(result)
+    row["run_dir"] = str(row["run_dir"])
+    if isinstance(row["best_val_loss"], float) and not math.isfinite(row["best_val_loss"]):
+        row["best_val_loss"] = None
+    return row
+
+
+def _print_results(results: list[Any], as_json: bool) -> None:
+    rows = [_result_row(r) for r in results]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'run':60s} {'status':9s} {'reason':11s} {'best epoch':>10s} {'best val':>9s}")
+    for row in rows:
+        loss = row["best_val_loss"]
+        shown = f"{loss:.4f}" if isinstance(loss, float) else "-"
+        reason = row["reason"] if row["status"] == "finished" else "see above"
+        print(
+            f"{row['run_dir']:60s} {row['status']:9s} {reason:11s} {row['best_epoch']:>10d} "
+            f"{shown:>9s}"
+        )
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from qcxr import config as config_lib
+    from qcxr.train.grid import _merge, read_grid
+    from qcxr.train.loop import train_run
+
+    base = read_grid(args.config).base if args.config else {}
+    config = config_lib.from_dict(_merge(base, _overrides(args, TRAIN_FLAGS)))
+    run_dir = (
+        Path(args.run_dir)
+        if args.run_dir
+        else Path(args.out) / config.task / config.model.head / f"seed-{config.train.seed}"
+    )
+    result = train_run(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    _print_results([result], args.json)
+    return 0 if result.status == "finished" else 1
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from qcxr.train.grid import run_grid
+
+    flags = {k: TRAIN_FLAGS[k] for k in ("study", "features", "cache")}
+    results = run_grid(
+        args.config, args.out, overrides=_overrides(args, flags), progress=not args.no_progress
+    )
+    _print_results(results, args.json)
+    return 0 if all(r.status == "finished" for r in results) else 1

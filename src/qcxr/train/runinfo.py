@@ -1,0 +1,64 @@
+"""What a run was made with: versions.json (libraries, device, label files, backbone weights)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "dm-pix", "pennylane")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_info() -> dict[str, Any]:
+    devices = jax.devices()
+    return {
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+    }
+
+
+def write_versions(
+    run_dir: str | Path, *, label_checksums: dict[str, str], weights: str, resumed: bool
+) -> dict[str, Any]:
+    """Write (or, on resume, extend) versions.json; every session of a run is listed."""
+    path = Path(run_dir) / "versions.json"
+    session = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed": resumed,
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "device": device_info(),
+    }
+    info: dict[str, Any] = {}
+    if resumed and path.is_file():
+        info = json.loads(path.read_text())
+    info.update(
+        {
+            "python": session["python"],
+            "packages": session["packages"],
+            "device": session["device"],
+            "label_files_sha256": label_checksums,
+            "weights": weights,
+        }
+    )
+    info["sessions"] = [*info.get("sessions", []), session]
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    return info

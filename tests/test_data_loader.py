@@ -1,0 +1,126 @@
+"""The loader: per-(seed, epoch) order, complete epochs, resume at a position, prefetch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcxr.data.loader import Loader, epoch_order
+
+
+@dataclass
+class FakeDataset:
+    ids: list[str]
+    paths: list[Path]
+    labels: np.ndarray
+
+
+class FakeCache:
+    """Images whose pixels encode their index, so batches can be checked exactly."""
+
+    def __init__(self, channels=lambda k: 1):
+        self.channels = channels
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def get(self, path):
+        with self.lock:
+            self.calls += 1
+        k = int(Path(path).stem)
+        return np.full((8, 8, self.channels(k)), k % 256, np.uint8)
+
+
+def dataset(n: int, labels: int = 3) -> FakeDataset:
+    rng = np.random.default_rng(0)
+    return FakeDataset(
+        ids=[f"id{k}" for k in range(n)],
+        paths=[Path(f"/nowhere/{k}.png") for k in range(n)],
+        labels=rng.integers(0, 2, (n, labels)).astype(np.float32),
+    )
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    a = epoch_order(100, seed=3, epoch=0)
+    assert sorted(a) == list(range(100))
+    np.testing.assert_array_equal(a, epoch_order(100, seed=3, epoch=0))
+    assert not np.array_equal(a, epoch_order(100, seed=3, epoch=1))
+    assert not np.array_equal(a, epoch_order(100, seed=4, epoch=0))
+
+
+def test_epoch_yields_every_example_once_in_order_with_its_labels():
+    data = dataset(103)
+    loader = Loader(data, FakeCache(), batch_size=10, seed=7, threads=3, prefetch=2)
+    batches = list(loader.epoch(2))
+    assert len(batches) == len(loader) == 11 and [b.position for b in batches] == list(range(11))
+    order = epoch_order(103, 7, 2)
+    seen = np.concatenate([[int(i[2:]) for i in b.ids] for b in batches])
+    np.testing.assert_array_equal(seen, order)
+    for batch in batches:
+        rows = [int(i[2:]) for i in batch.ids]
+        np.testing.assert_array_equal(batch.labels, data.labels[rows])
+        np.testing.assert_array_equal(batch.images[:, 0, 0, 0], np.array(rows) % 256)
+        assert batch.images.dtype == np.uint8 and batch.labels.dtype == np.float32
+    assert batches[-1].images.shape == (3, 8, 8, 1)
+
+
+def test_same_seed_same_batches_for_two_heads_and_drop_last():
+    data = dataset(50)
+    a = Loader(data, FakeCache(), batch_size=8, seed=1, drop_last=True)
+    b = Loader(data, FakeCache(), batch_size=8, seed=1, drop_last=True, threads=1, prefetch=0)
+    ids_a = [x.ids for x in a.epoch(4)]
+    assert ids_a == [x.ids for x in b.epoch(4)]
+    assert len(ids_a) == 6 and all(len(ids) == 8 for ids in ids_a)
+
+
+def test_resume_from_a_saved_position_gives_the_remaining_batches():
+    data = dataset(40)
+    loader = Loader(data, FakeCache(), batch_size=6, seed=5)
+    full = list(loader.epoch(3))
+    saved = None
+    for batch in loader.epoch(3):
+        saved = batch.position
+        if batch.position == 2:
+            break  # the run stops after batch 2; a checkpoint records position 2
+    resumed = list(loader.epoch(3, start=saved + 1))
+    assert [b.ids for b in resumed] == [b.ids for b in full[3:]]
+    assert [b.position for b in resumed] == list(range(3, len(full)))
+    with pytest.raises(ValueError, match="outside epoch"):
+        next(loader.epoch(3, start=len(full) + 1))
+
+
+def test_no_shuffle_and_mixed_channels():
+    data = dataset(5)
+    loader = Loader(
+        data, FakeCache(lambda k: 3 if k == 2 else 1), batch_size=5, seed=0, shuffle=False
+    )
+    (batch,) = loader.epoch(0)
+    assert batch.ids == data.ids and batch.images.shape == (5, 8, 8, 3)
+
+
+def test_prefetch_reads_ahead_while_the_consumer_works():
+    cache = FakeCache()
+    loader = Loader(dataset(40), cache, batch_size=4, seed=0, threads=2, prefetch=3)
+    batches = loader.epoch(0)
+    next(batches)
+    deadline = time.monotonic() + 10
+    while cache.calls < 4 * 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.calls == 4 * 4  # the first batch plus 3 prefetched, and no more
+    batches.close()
+
+
+def test_a_read_error_reaches_the_caller_with_its_message():
+    class Failing(FakeCache):
+        def get(self, path):
+            if Path(path).stem == "7":
+                raise ValueError(f"{path}: cannot decode image (broken)")
+            return super().get(path)
+
+    loader = Loader(dataset(20), Failing(), batch_size=4, seed=0, shuffle=False)
+    with pytest.raises(ValueError, match=r"/nowhere/7.png: cannot decode image"):
+        list(loader.epoch(0))

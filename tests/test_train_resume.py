@@ -1,0 +1,156 @@
+"""Kill a training process mid-epoch with a real SIGKILL, resume it, and compare with a run
+that was never interrupted: same history (all but wall times), same parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from qcxr.train.checkpoint import RunCheckpoints
+from qcxr.train.loop import run_status, train_finetune, train_frozen
+from test_train_support import (
+    TESTS,
+    _with_seed,
+    config,
+    finetune_config,
+    frozen_data,
+    history_without_time,
+    small_study,
+)
+
+
+def killed_child(spec: dict, tmp_path: Path) -> dict:
+    """Start the child, wait for it to reach spec["kill_at"], SIGKILL it."""
+    spec = {**spec, "marker": str(tmp_path / "marker.json")}
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(
+        [sys.executable, str(TESTS / "test_train_support.py"), "child", json.dumps(spec)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not Path(spec["marker"]).exists():
+            if proc.poll() is not None:
+                pytest.fail(f"child ended before the kill point: {proc.stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("child never reached the kill point")
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    return spec
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    pd.testing.assert_frame_equal(history_without_time(resumed), history_without_time(reference))
+    for kind in ("latest", "best"):
+        a, b = RunCheckpoints(resumed), RunCheckpoints(reference)
+        tree_a = a.restore_best()[0] if kind == "best" else _latest_tree(a)
+        tree_b = b.restore_best()[0] if kind == "best" else _latest_tree(b)
+        assert jax.tree.structure(tree_a) == jax.tree.structure(tree_b)
+        for x, y in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(resumed / "predictions-nih.parquet"),
+        pd.read_parquet(reference / "predictions-nih.parquet"),
+    )
+    assert run_status(resumed)["status"] == "finished"
+
+
+def _latest_tree(checkpoints: RunCheckpoints):
+    import orbax.checkpoint as ocp
+
+    manager = checkpoints._latest
+    return manager.restore(
+        manager.latest_step(), args=ocp.args.Composite(tree=ocp.args.StandardRestore())
+    )["tree"]
+
+
+def test_frozen_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
+    sections = {
+        "model": {"head": "cdl"},
+        "train": {"max_epochs": 3, "checkpoint_every": 4, "vmap_seeds": "yes"},
+    }
+    data_args = {"n_train": 320}  # 10 batches per epoch: checkpoints at positions 4 and 8
+    seeds = [0, 1]
+    spec = {
+        "mode": "frozen",
+        "sections": sections,
+        "seeds": seeds,
+        "data": data_args,
+        "out": str(tmp_path / "killed"),
+        "kill_at": [1, 6],
+    }
+    killed_child(spec, tmp_path)
+    killed = [tmp_path / "killed" / f"seed-{s}" for s in seeds]
+    for run in killed:
+        meta = RunCheckpoints(run).latest_meta()
+        assert (meta["epoch"], meta["position"]) == (1, 4)  # mid-epoch: work after it is lost
+        assert run_status(run) is None
+
+    cfg = config(**sections)
+    data = frozen_data(**data_args)
+    cfgs = [_with_seed(cfg, s) for s in seeds]
+    train_frozen(cfgs, killed, data, resume=True, progress=False)
+    reference = [tmp_path / "reference" / f"seed-{s}" for s in seeds]
+    train_frozen(cfgs, reference, data, progress=False)
+    for run, ref in zip(killed, reference, strict=True):
+        assert_same_run(run, ref)
+
+
+@pytest.mark.slow
+def test_finetune_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
+    study = small_study(tmp_path / "study")
+    cache = tmp_path / "cache"
+    sections = {
+        "model": {"head": "cdl"},
+        "train": {"max_epochs": 2, "checkpoint_every": 2, "batch_size": 8},  # 4 batches/epoch
+    }
+    spec = {
+        "mode": "finetune",
+        "sections": sections,
+        "seeds": [0],
+        "study": str(study),
+        "cache": str(cache),
+        "out": str(tmp_path / "killed"),
+        "kill_at": [1, 3],
+    }
+    killed_child(spec, tmp_path)
+    run = tmp_path / "killed" / "seed-0"
+    meta = RunCheckpoints(run).latest_meta()
+    assert (meta["epoch"], meta["position"]) == (1, 2)
+    cfg = finetune_config(study, cache, **sections)
+    train_finetune(cfg, run, resume=True, progress=False)
+    reference = tmp_path / "reference" / "seed-0"
+    train_finetune(cfg, reference, progress=False)
+    assert_same_run(run, reference)
+    # BatchNorm running statistics are part of what resumed identically.
+    best, _ = RunCheckpoints(run).restore_best()
+    assert "batch_stats" in best and jax.tree.leaves(best["batch_stats"])
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    data = frozen_data(n_train=64)
+    cfg = config(train={"max_epochs": 1})
+    train_frozen([cfg], [tmp_path / "run"], data, progress=False)
+    changed = config(train={"max_epochs": 1, "learning_rate": 0.5})
+    with pytest.raises(ValueError, match="learning_rate"):
+        train_frozen([changed], [tmp_path / "run"], data, resume=True, progress=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train_frozen([cfg], [tmp_path / "run"], data, resume=False, progress=False)

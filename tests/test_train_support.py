@@ -1,0 +1,171 @@
+"""Shared helpers for the training tests (imported by tests/test_train_*.py and their children).
+
+Synthetic frozen-feature data with a learnable signal, a tiny synthetic study, small configs,
+history comparison, and the subprocess entry points of the kill/resume and two-device tests.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TESTS = Path(__file__).resolve().parent
+
+
+def frozen_data(
+    seed: int = 0,
+    n_train: int = 640,
+    n_val: int = 256,
+    n_test: int = 128,
+    dim: int = 32,
+    task: str = "cxr8",
+    noise_val: bool = False,
+):
+    """FrozenData whose labels follow a fixed linear rule of the features (learnable)."""
+    from qcxr.labels import TASKS
+    from qcxr.train.data import FrozenData, Split
+
+    names = TASKS[task]
+    rng = np.random.default_rng(seed)
+    rule = rng.normal(size=(dim, len(names))) / np.sqrt(dim) * 3.0
+
+    def split(n: int, tag: str, noise: bool = False) -> Split:
+        x = rng.normal(size=(n, dim)).astype(np.float32)
+        score = x @ rule if not noise else rng.normal(size=(n, len(names))) * 3.0
+        y = (score + 0.5 * rng.normal(size=score.shape) > 1.5).astype(np.float32)
+        return Split([f"{tag}{i:05d}.png" for i in range(n)], y, list(names), f"sha-{tag}", x)
+
+    return FrozenData(
+        split(n_train, "tr"),
+        split(n_val, "va", noise_val),
+        {"nih": split(n_test, "te"), "mimic": split(n_test // 2, "mi")},
+        "synthetic-features",
+    )
+
+
+def config(**sections):
+    """A frozen-mode Config with small-data settings, overridden by nested `sections`."""
+    from qcxr.config import from_dict
+    from qcxr.train.grid import _merge
+
+    base = {"train": {"mode": "frozen", "learning_rate": 3e-3, "max_epochs": 4}}
+    return from_dict(_merge(base, sections))
+
+
+def history_without_time(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / "history.csv").drop(columns=["epoch_time"])
+
+
+# ------------------------------------------------------------------ finetune study and children
+
+
+def small_study(root: Path, seed: int = 0) -> Path:
+    """A tiny synthetic study (real file formats) for finetune tests; made once per root."""
+    from qcxr.data.synthetic import generate_study
+
+    if not (root / "nih").is_dir():
+        generate_study(
+            root,
+            n_train=32,
+            n_val=16,
+            n_test=8,
+            n_mimic=4,
+            image_size=224,
+            seed=seed,
+            progress=False,
+        )
+    return root
+
+
+def finetune_config(study: Path, cache: Path, **sections):
+    """A finetune Config on the tiny backbone (same code path as ResNet50)."""
+    from qcxr.config import from_dict
+    from qcxr.train.grid import _merge
+
+    base = {
+        "data": {"study": str(study), "cache": str(cache), "loader_threads": 2},
+        "model": {"backbone": "tiny"},
+        "train": {
+            "mode": "finetune",
+            "batch_size": 16,
+            "eval_batch_size": 32,
+            "max_epochs": 2,
+            "learning_rate": 3e-3,
+            "checkpoint_every": 2,
+        },
+    }
+    return from_dict(_merge(base, sections))
+
+
+def child(spec: dict) -> None:
+    """Run in a subprocess: train as `spec` says; at `kill_at` (epoch, position) write the
+    marker file and block, so the parent can kill this process at a known point."""
+    import json
+    import time
+
+    from qcxr.train.loop import train_finetune, train_frozen
+
+    kill_at = tuple(spec["kill_at"]) if spec.get("kill_at") else None
+
+    def hook(cfg, epoch, position, ids, aug):
+        if kill_at and (epoch, position) == kill_at and cfg.train.seed == spec["seeds"][0]:
+            Path(spec["marker"]).write_text(json.dumps([epoch, position]))
+            time.sleep(600)
+
+    if spec["mode"] == "frozen":
+        cfg = config(**spec["sections"])
+        cfgs = [_with_seed(cfg, s) for s in spec["seeds"]]
+        dirs = [Path(spec["out"]) / f"seed-{s}" for s in spec["seeds"]]
+        train_frozen(cfgs, dirs, frozen_data(**spec.get("data", {})), progress=False, on_batch=hook)
+    else:
+        cfg = finetune_config(Path(spec["study"]), Path(spec["cache"]), **spec["sections"])
+        train_finetune(cfg, Path(spec["out"]) / "seed-0", progress=False, on_batch=hook)
+
+
+def _with_seed(cfg, seed: int):
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+
+
+def two_devices_child(spec: dict) -> dict:
+    """Run with 2 host devices: the same training on a 1-device and a 2-device mesh."""
+    import jax
+
+    from qcxr.train import parallel
+    from qcxr.train.loop import train_finetune, train_frozen
+
+    assert jax.device_count() == 2, jax.devices()
+    out = Path(spec["out"])
+    losses = {}
+    for count in (1, 2):
+        mesh = parallel.data_mesh(jax.devices()[:count])
+        cfg = config(train={"max_epochs": 2})
+        dirs = [out / f"frozen-{count}" / f"seed-{s}" for s in (0, 1)]
+        train_frozen(
+            [_with_seed(cfg, 0), _with_seed(cfg, 1)],
+            dirs,
+            frozen_data(n_train=136),
+            progress=False,
+            mesh=mesh,
+        )
+        losses[f"frozen-{count}"] = [history_without_time(d).to_numpy(float).tolist() for d in dirs]
+        if spec.get("study"):
+            cfg = finetune_config(Path(spec["study"]), Path(spec["cache"]), train={"max_epochs": 1})
+            run = out / f"finetune-{count}" / "seed-0"
+            train_finetune(cfg, run, progress=False, mesh=mesh)
+            losses[f"finetune-{count}"] = [history_without_time(run).to_numpy(float).tolist()]
+    return losses
+
+
+if __name__ == "__main__":
+    import json
+
+    kind, spec_json = sys.argv[1], sys.argv[2]
+    if kind == "child":
+        child(json.loads(spec_json))
+    else:
+        print("RESULT " + json.dumps(two_devices_child(json.loads(spec_json))))
