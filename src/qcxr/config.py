@@ -64,6 +64,10 @@ class TrainConfig:
     # Frozen mode: train the seeds of one grid cell together with vmap. "auto" = on GPU/TPU;
     # on CPU one seed at a time measured as fast or faster (benchmarks/train_frozen_epoch.md).
     vmap_seeds: str = "auto"  # "auto", "yes", "no"
+    # Frozen mode: z-score every feature with the training split's mean and std (saved in the
+    # run as feature_norm.safetensors). Off for the paper; on in the demo, whose random-weight
+    # backbone gives pooled features of large offset that saturate the DQC's tanh.
+    standardize_features: bool = False
 
 
 @dataclass(frozen=True)

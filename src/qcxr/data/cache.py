@@ -108,12 +108,13 @@ class ImageCache:
         self,
         directory: str | Path,
         *,
-        resize_shortest: int = _DEFAULTS.resize_shortest,
-        crop: int = _DEFAULTS.crop,
-        resample: str = _DEFAULTS.resample,
+        resize_shortest: int | None = None,
+        crop: int | None = None,
+        resample: str | None = None,
     ):
+        """Open or create a cache. Sizes left as None take the existing cache's own settings
+        (or the paper's defaults for a new cache); given ones must match an existing cache."""
         self.directory = Path(directory)
-        self.params = {"resize_shortest": resize_shortest, "crop": crop, "resample": resample}
         self.store = diskcache.Cache(
             str(self.directory),
             size_limit=2**62,
@@ -122,8 +123,18 @@ class ImageCache:
             cull_limit=0,
             timeout=120,
         )
-        config = json.dumps({"format": FORMAT, **self.params}, sort_keys=True).encode()
         stored = self.store.get(CONFIG_KEY)
+        existing = json.loads(stored) if stored is not None else {}
+        requested = {"resize_shortest": resize_shortest, "crop": crop, "resample": resample}
+        defaults = {
+            "resize_shortest": _DEFAULTS.resize_shortest,
+            "crop": _DEFAULTS.crop,
+            "resample": _DEFAULTS.resample,
+        }
+        self.params = {
+            k: v if v is not None else existing.get(k, defaults[k]) for k, v in requested.items()
+        }
+        config = json.dumps({"format": FORMAT, **self.params}, sort_keys=True).encode()
         if stored is None:
             self.store.add(CONFIG_KEY, config)  # add: the first of two concurrent builders wins
             stored = self.store.get(CONFIG_KEY)

@@ -51,16 +51,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--threads", type=int, default=_DEFAULTS.loader_threads)
     build.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
     build.add_argument("--report", type=Path, help="skipped-files report (default: CACHE/...)")
-    build.add_argument("--resize", type=int, default=_DEFAULTS.resize_shortest)
-    build.add_argument("--crop", type=int, default=_DEFAULTS.crop)
+    build.add_argument("--resize", type=int, default=None,
+                       help=f"shortest side after resizing (new cache: {_DEFAULTS.resize_shortest})")  # fmt: skip
+    build.add_argument("--crop", type=int, default=None,
+                       help=f"center crop (new cache: {_DEFAULTS.crop})")  # fmt: skip
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.set_defaults(func=run_cache_build)
     verify = cache_sub.add_parser("verify", help="decode every entry; report (and repair)")
     verify.add_argument("--cache", type=Path, required=True)
     verify.add_argument("--repair", action="store_true", help="rebuild corrupt or stale entries")
-    verify.add_argument("--resize", type=int, default=_DEFAULTS.resize_shortest)
-    verify.add_argument("--crop", type=int, default=_DEFAULTS.crop)
+    verify.add_argument("--resize", type=int, default=None, help="default: the cache's own")
+    verify.add_argument("--crop", type=int, default=None, help="default: the cache's own")
     verify.add_argument("--no-progress", action="store_true")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=run_cache_verify)

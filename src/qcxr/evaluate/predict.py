@@ -58,8 +58,16 @@ def _feature_fn(config: Any, run_dir: Path):
             f"{run_dir}: the head was trained on features of backbone weights {trained!r}, but "
             f"{config.model.weights!r} resolves to {identity!r}; pass the same weights"
         )
+    from qcxr.train.data import load_feature_norm
+
     backbone = backbone_module(config)
-    return jax.jit(lambda images: backbone.apply(variables, normalize(images), train=False))
+    norm = load_feature_norm(run_dir)  # the standardisation the head was trained with, if any
+
+    def features(images):
+        pooled = backbone.apply(variables, normalize(images), train=False)
+        return pooled if norm is None else (pooled - norm[0]) / norm[1]
+
+    return jax.jit(features)
 
 
 def predict_images(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import numpy as np
 from qcxr.config import Config
 
 SPLITS = ("train", "val")
-TESTSETS = {"nih": "test", "mimic": "mimic"}  # testset name -> feature store split
+TESTSETS = {"nih": "test", "mimic": "mimic"}
+FEATURE_NORM_FILE = "feature_norm.safetensors"  # testset name -> feature store split
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class FrozenData:
     val: Split
     tests: dict[str, Split]
     weights: str  # identity of the backbone weights that made the features
+    norm: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) applied to every split
 
     @property
     def feature_dim(self) -> int:
@@ -147,8 +150,46 @@ def load_frozen_data(config: Config) -> FrozenData:
         splits[name] = aligned(store, labelled[name], path)
     if len(weights) > 1:
         raise ValueError(f"{directory}: feature stores come from different weights {weights}")
+    norm = None
+    if config.train.standardize_features:
+        norm = feature_norm(splits["train"].inputs)
+        splits = {name: standardized(split, norm) for name, split in splits.items()}
     tests = {name: splits[name] for name in TESTSETS if name in splits}
-    return FrozenData(splits["train"], splits["val"], tests, weights.pop())
+    return FrozenData(splits["train"], splits["val"], tests, weights.pop(), norm)
+
+
+def feature_norm(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std over the training split (and its views).
+
+    The variance is floored at 1e-3 of the mean variance: a unit that is (almost) constant on
+    the training split, such as a dead ReLU, must not blow up where it varies on other splits.
+    """
+    flat = inputs.reshape(-1, inputs.shape[-1]).astype(np.float64)
+    var = flat.var(0)
+    std = np.sqrt(var + 1e-3 * var.mean())
+    return flat.mean(0).astype(np.float32), std.astype(np.float32)
+
+
+def standardized(split: Split, norm: tuple[np.ndarray, np.ndarray]) -> Split:
+    mean, std = norm
+    return dataclasses.replace(split, inputs=((split.inputs - mean) / std).astype(np.float32))
+
+
+def save_feature_norm(run_dir: Path, norm: tuple[np.ndarray, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"mean": norm[0], "std": norm[1]}, str(run_dir / FEATURE_NORM_FILE))
+
+
+def load_feature_norm(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The standardisation a frozen run was trained with, or None."""
+    path = Path(run_dir) / FEATURE_NORM_FILE
+    if not path.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path))
+    return tensors["mean"], tensors["std"]
 
 
 def label_frequency(labels: np.ndarray) -> np.ndarray:

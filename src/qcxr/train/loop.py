@@ -32,7 +32,7 @@ from qcxr import config as config_lib
 from qcxr.config import Config
 from qcxr.train import parallel
 from qcxr.train.checkpoint import RunCheckpoints
-from qcxr.train.data import FrozenData, label_frequency, train_counts
+from qcxr.train.data import FrozenData, label_frequency, save_feature_norm, train_counts
 from qcxr.train.early_stopping import EarlyStopping
 from qcxr.train.history import History
 from qcxr.train.losses import elementwise_loss
@@ -590,6 +590,8 @@ def train_frozen(
     counts = train_counts(data.train.labels, data.train.label_names)
     results = []
     for book in books:
+        if data.norm is not None:
+            save_feature_norm(book.run_dir, data.norm)
         if (book.run_dir / STATUS_FILE).is_file():  # failed during training
             status = run_status(book.run_dir)
             results.append(RunResult(book.run_dir, status["status"], status["message"]))
