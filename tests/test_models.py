@@ -31,7 +31,9 @@ def test_head_counts_equal_table_ii(task: str) -> None:
 
 def test_model_summary_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "summary", "--task", "cxr19", "--head", "dqc", "--json"]) == 0
-    rows = {r["component"]: r["parameters"] for r in json.loads(capsys.readouterr().out)["components"]}
+    rows = {
+        r["component"]: r["parameters"] for r in json.loads(capsys.readouterr().out)["components"]
+    }
     assert rows["ResNet50"] == 23_508_032
     assert rows["Quantum"] == 57
     assert rows["Total"] == 23_508_032 + 38_931 + 57 + 380

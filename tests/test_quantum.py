@@ -13,7 +13,12 @@ from qcxr.quantum.ansatz import basis_permutation, entangler_cnots, parity_masks
 
 pytest.importorskip("pennylane")
 
-CASES = [(n, layers, ent) for n in (1, 2, 3, 5, 8, 12) for layers in (1, 3) for ent in ("ring", "chain", "none")]
+CASES = [
+    (n, layers, ent)
+    for n in (1, 2, 3, 5, 8, 12)
+    for layers in (1, 3)
+    for ent in ("ring", "chain", "none")
+]
 
 
 def _inputs(n: int, layers: int, seed: int, batch: int = 3):

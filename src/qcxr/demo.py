@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory")
     demo.add_argument("--task", default="cxr8", choices=["cxr8", "cxr14", "cxr19"])
     demo.add_argument("--seeds", type=int, default=3, help="seeds per head (paper: 5)")
-    demo.add_argument("--n-train", type=int, default=800)
-    demo.add_argument("--n-val", type=int, default=200)
+    demo.add_argument("--n-train", type=int, default=1600)
+    demo.add_argument("--n-val", type=int, default=300)
     demo.add_argument("--n-test", type=int, default=400)
     demo.add_argument("--n-external", type=int, default=300)
     demo.add_argument("--size", type=int, default=256, help="synthetic image size")
@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--weights", default="microsoft/resnet-50",
                       help="backbone weights; falls back to random ones when unavailable")  # fmt: skip
     demo.add_argument("--mode", default="frozen", choices=["frozen", "finetune"])
-    demo.add_argument("--epochs", type=int, default=None, help="max epochs (demo.yaml: 30)")
+    demo.add_argument(
+        "--epochs", type=int, default=None, help="max epochs (default: the paper's 50)"
+    )
     demo.add_argument("--config", type=Path, default=DEMO_CONFIG)
     demo.set_defaults(func=run_demo)
 

@@ -34,7 +34,8 @@ def model_summary(task: str, head: str, num_layers: int = 3) -> list[dict]:
 
     rows = [{"component": "ResNet50", "parameters": resnet50_param_count()}]
     rows += [
-        {"component": k, "parameters": v} for k, v in head_param_counts(task, head, num_layers).items()
+        {"component": k, "parameters": v}
+        for k, v in head_param_counts(task, head, num_layers).items()
     ]
     rows.append({"component": "Total", "parameters": sum(r["parameters"] for r in rows)})
     return rows

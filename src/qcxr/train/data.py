@@ -6,9 +6,9 @@ split) and "mimic" (the external MIMIC-CXR-LT test set, when the study has one).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
