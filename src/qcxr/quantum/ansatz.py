@@ -60,9 +60,20 @@ def basis_permutation(n: int, entangler: str) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.int32), inverse.astype(np.int32)
 
 
-def qubit_groups(n: int, group_size: int) -> tuple[int, ...]:
-    """Sizes of the consecutive qubit groups whose rotations are fused into one matrix."""
-    sizes = [group_size] * (n // group_size)
-    if n % group_size:
-        sizes.append(n % group_size)
-    return tuple(sizes)
+def qubit_groups(n: int, group_size: int, single_sample: bool = False) -> tuple[int, ...]:
+    """Sizes of the consecutive qubit groups whose rotations are fused into one matrix.
+
+    With one sample per chunk the least significant qubits are the state's contiguous axis: a
+    last group of up to 6 of them is one plain matrix product, while a small group just above
+    them runs slowly as a batched product over short rows. So the last 6 qubits form one group
+    and the rest is split from the top (measured in benchmarks/quantum.md).
+    """
+    tail = min(6, n) if single_sample and n > 12 else 0
+    head = n - tail
+    sizes = [group_size] * (head // group_size)
+    if head % group_size:
+        if single_sample and sizes and head % group_size <= group_size // 2:
+            sizes[-1] += head % group_size  # merge a short remainder into the group above it
+        else:
+            sizes.append(head % group_size)
+    return tuple(sizes + ([tail] if tail else []))

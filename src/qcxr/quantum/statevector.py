@@ -217,9 +217,9 @@ def permuted_index(n: int, rows: tuple[int, ...]) -> jax.Array:
 class Circuit:
     """Static description of one circuit shape: n qubits, L layers, entangler, fusion groups."""
 
-    def __init__(self, n: int, layers: int, entangler: str, group_size: int | None = None):
-        self.n, self.layers, self.entangler = n, layers, entangler
-        self.groups = qubit_groups(n, group_size or default_group_size(n))
+    def __init__(self, n: int, layers: int, entangler: str, group_size: int | None, chunk: int):
+        self.n, self.layers, self.entangler, self.chunk = n, layers, entangler, chunk
+        self.groups = qubit_groups(n, group_size or default_group_size(n), chunk == 1)
         self.masks = parity_masks(n, entangler)
         self.inverse_masks = inverse_parity_masks(n, entangler)
         self.identity = all(m == 1 << (n - 1 - k) for k, m in enumerate(self.masks))
@@ -308,8 +308,7 @@ def _expvals_fwd(angles, thetas, circuit):
         psi = circuit.evolve(a, thetas, indices)
         return circuit.measure(psi), psi.T  # (c, n), (c, 2**n)
 
-    chunk = default_chunk(circuit.n, angles.shape[0])
-    expvals, psi = jax.lax.map(one, _split(angles, chunk))
+    expvals, psi = jax.lax.map(one, _split(angles, circuit.chunk))
     return _merge(expvals), (angles, thetas, _merge(psi))
 
 
@@ -323,8 +322,7 @@ def _expvals_bwd(circuit, residuals, cotangent):
         # lax.map cannot stack zero-size outputs: one-layer circuits return no theta grads.
         return (d_angles, d_thetas) if circuit.layers > 1 else (d_angles,)
 
-    chunk = default_chunk(circuit.n, angles.shape[0])
-    grads = jax.lax.map(one, _split((angles, psi, cotangent), chunk))
+    grads = jax.lax.map(one, _split((angles, psi, cotangent), circuit.chunk))
     d_thetas = grads[1].sum(axis=0) if circuit.layers > 1 else jnp.zeros_like(thetas)
     return _merge(grads[0]), d_thetas
 
@@ -334,10 +332,12 @@ _expvals.defvjp(_expvals_fwd, _expvals_bwd)
 _CIRCUITS: dict[tuple, Circuit] = {}
 
 
-def circuit_for(n: int, layers: int, entangler: str, group_size: int | None = None) -> Circuit:
-    key = (n, layers, entangler, group_size or default_group_size(n))
+def circuit_for(
+    n: int, layers: int, entangler: str, group_size: int | None = None, chunk: int = 1
+) -> Circuit:
+    key = (n, layers, entangler, group_size or default_group_size(n), chunk)
     if key not in _CIRCUITS:
-        _CIRCUITS[key] = Circuit(n, layers, entangler, group_size)
+        _CIRCUITS[key] = Circuit(n, layers, entangler, group_size, chunk)
     return _CIRCUITS[key]
 
 
@@ -348,6 +348,6 @@ def expvals(
     x = jnp.asarray(x, jnp.float32)
     weights = jnp.asarray(weights, jnp.float32)
     n, layers = x.shape[-1], weights.shape[0]
-    circuit = circuit_for(n, layers, entangler, group_size)
+    circuit = circuit_for(n, layers, entangler, group_size, default_chunk(n, x.shape[0]))
     angles = x + weights[0] + jnp.pi / 2  # H|0> = RY(pi/2)|0>; layer-0 RY adds to the embedding
     return _expvals(angles, weights[1:], circuit)
