@@ -141,6 +141,11 @@ def markdown(rows: list[dict], env: dict, args: argparse.Namespace) -> str:
         f"JAX {env['jax']}, PennyLane {env['pennylane']}.",
         f"Step: features (B={args.batch}, 2048) -> DQC head (L={args.layers}, ring) -> mean BCE "
         f"-> grads -> Adam; {args.warmup} warm-up then {args.steps} timed steps (jit).",
+        *(
+            [f"PennyLane: at most {args.pennylane_max_steps} warm-up and timed steps each."]
+            if args.pennylane_max_steps is not None
+            else []
+        ),
         "",
         "| n | backend | step (s) | compile + first step (s) | peak RSS (MB) | speed-up |",
         "|---|---|---|---|---|---|",
