@@ -206,14 +206,12 @@ def run_cache_verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The data subcommands alone (`python -m qcxr.data.cli`), without the other subsystems."""
+    from qcxr.cli import dispatch
+
     parser = argparse.ArgumentParser(prog="qcxr-data")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"qcxr {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    return dispatch(parser, argv)
 
 
 if __name__ == "__main__":
