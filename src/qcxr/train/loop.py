@@ -349,6 +349,12 @@ def unstack(tree: Any, count: int) -> list[Any]:
     return [jax.tree.map(lambda x, s=s: np.asarray(x[s]), host) for s in range(count)]
 
 
+def training_parts(config: Config, steps_per_epoch: int, frequency: np.ndarray):
+    """(model, optimizer, elementwise loss) of a run: what every trainer's step is built from."""
+    t = config.train
+    return build_model(config), optimizer(t, steps_per_epoch), elementwise_loss(t, frequency)
+
+
 class FrozenTrainer:
     """Trains the seeds of one grid cell on feature stores, vmapped over a leading seed axis."""
 
@@ -361,9 +367,7 @@ class FrozenTrainer:
         frequency = label_frequency(data.train.labels)
 
         def build():
-            model = build_model(config)
-            tx = optimizer(t, self.steps_per_epoch)
-            loss = elementwise_loss(t, frequency)
+            model, tx, loss = training_parts(config, self.steps_per_epoch, frequency)
             step = make_train_step(model, tx, loss)
             dim = data.feature_dim
 
@@ -668,9 +672,7 @@ class FinetuneTrainer:
         frequency = label_frequency(data.train.labels)
 
         def build():
-            model = build_model(config)
-            tx = optimizer(t, self.steps_per_epoch)
-            loss = elementwise_loss(t, frequency)
+            model, tx, loss = training_parts(config, self.steps_per_epoch, frequency)
             return (
                 tx,
                 jax.jit(make_train_step(model, tx, loss), donate_argnums=0),
