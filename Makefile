@@ -6,11 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test test-all demo lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: its CPU build is on this machine's disk; anything else pulls CUDA.
 	$(PY) -m pip install -q torch==2.13.0
+	# torchvision 0.28.0 (torch 2.13.0's pair), a test reference only (tests/conftest.py): no deps,
+	# and off sys.path, since beside the CPU torch its import needs the shim there (its C++ ops are
+	# built for CUDA torch) and transformers would otherwise import it and fail. ~2 s, 24 MB.
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/test-torchvision torchvision==0.28.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

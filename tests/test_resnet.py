@@ -1,20 +1,26 @@
-"""The Flax ResNet-50 against PyTorch references: Hugging Face ResNetModel and torchvision resnet50.
+"""The Flax ResNet-50 against independent PyTorch references: Hugging Face and torchvision.
 
-References: transformers' PyTorch ResNetModel (random weights from ResNetConfig(), the
-architecture of microsoft/resnet-50) and torchvision's own `resnet50()` when torchvision can be
-imported (also a PyPI wheel whose C++ ops do not match the CPU torch, through its pure-Python
-model module); without torchvision, the torchvision-format state dict is made from the HF model by
-the published key correspondence and the Flax output is compared with the HF model's.
+References: transformers' PyTorch `ResNetModel` with random weights from `ResNetConfig()` (the
+architecture of microsoft/resnet-50), and torchvision's own `resnet50(weights=None)` (torchvision
+0.28.0 beside the CPU build of torch, imported through the shim in conftest.py). Each is saved as
+its library saves it, loaded through `load_resnet50_weights`, and its pooled features compared
+with ours on random images (batch 2, 64 x 64), in two precisions:
+
+- float64 (jax x64, torch `.double()`; the same float32-valued weights on both sides): within 1e-4
+  absolute, issue 4's criterion literally. Measured ~7e-13, so also asserted below 1e-9: the
+  import is exact and only float64 rounding is left.
+- float32: within 1e-4 of the feature scale. An absolute 1e-4 would test float32 rounding, not
+  the import: through 53 layers of a random network torch's own float32 features differ from its
+  float64 ones by 2.8e-4 to 4.3e-4 at a feature scale of ~8, and ours from torch's by ~2.5e-4
+  (3e-5 of the scale).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import copy
+import functools
 import json
 import re
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -28,11 +34,13 @@ from qcxr.models.weights import (
     load_resnet50_weights,
     random_weights_warning,
     resolve_resnet50_weights,
-    variables_from_state_dict,
 )
 
 PAPER_RESNET50_PARAMS = 23_508_032  # Table II: ResNet50 without its classifier
-TOL = 1e-4
+PRECISIONS = ["float64", "float32"]
+FLOAT64_ATOL = 1e-4  # issue 4's Done-when: same pooled features within 1e-4
+FLOAT64_EXACT = 1e-9  # what float64 leaves when the import is exact (measured ~7e-13)
+FLOAT32_SCALED_TOL = 1e-4  # of the feature scale; see the module docstring
 
 
 def test_param_count_is_table_ii():
@@ -54,8 +62,8 @@ def _randomise_batchnorm(model, seed: int) -> None:
     """Random BatchNorm affine weights, and running statistics measured on random images.
 
     At init BatchNorm's running stats are (0, 1) and would not be exercised; measured ones are
-    nonzero everywhere and keep the activations of the random network near unit scale, so that an
-    absolute tolerance of 1e-4 means the same thing for every reference.
+    nonzero everywhere and keep the activations of the random network at a moderate scale (pooled
+    features up to ~10) for every reference, as a pretrained network's are.
     """
     import torch
 
@@ -90,40 +98,45 @@ def images():
     return rng.standard_normal((2, 3, 64, 64)).astype(np.float32)  # NCHW, as torch takes them
 
 
-def _torch_pooled(model, images_nchw: np.ndarray, float64: bool = False) -> np.ndarray:
-    """Pooled features of a torch HF ResNetModel or torchvision resnet50 (fc removed), eval mode."""
-    import copy
-
+def _torch_pooled(model, images_nchw: np.ndarray, precision: str) -> np.ndarray:
+    """Pooled features of a torch HF ResNetModel or torchvision resnet50 (fc = Identity), eval."""
     import torch
 
     x = torch.from_numpy(images_nchw)
-    if float64:
+    if precision == "float64":
         model, x = copy.deepcopy(model).double(), x.double()
     with torch.no_grad():
-        out = model(x)
+        out = model.eval()(x)
     return getattr(out, "pooler_output", out).flatten(1).numpy()
 
 
-def _flax_pooled(variables: dict, images_nchw: np.ndarray, float64: bool = False) -> np.ndarray:
+@functools.cache
+def _jitted_apply(precision: str):
+    # One compiled forward per precision for the whole module (op by op is ~4x slower here).
+    return jax.jit(functools.partial(resnet50(dtype=jnp.dtype(precision)).apply, train=False))
+
+
+def _flax_pooled(variables: dict, images_nchw: np.ndarray, precision: str) -> np.ndarray:
     x = images_nchw.transpose(0, 2, 3, 1)
-    if not float64:
-        return np.asarray(resnet50().apply(variables, jnp.asarray(x), train=False))
+    if precision == "float32":
+        return np.asarray(_jitted_apply(precision)(variables, jnp.asarray(x)))
     with jax.enable_x64(True):
         variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
-        model = resnet50(dtype=jnp.float64)
-        return np.asarray(model.apply(variables, jnp.asarray(x, jnp.float64), train=False))
+        return np.asarray(_jitted_apply(precision)(variables, jnp.asarray(x, jnp.float64)))
 
 
-def _assert_close(ours: np.ndarray, reference: np.ndarray, tol: float = TOL) -> None:
-    """Within `tol` of the reference, relative to the feature scale (max |reference|, at least 1).
-
-    Float32 rounding through 53 layers of a random network is itself about 4e-5 of the feature
-    scale (torch float32 against torch float64); the float64 test shows the import is exact.
-    """
+def _assert_matches(ours: np.ndarray, reference: np.ndarray, precision: str) -> None:
+    """float64: 1e-4 absolute (and exact to 1e-9); float32: 1e-4 of the feature scale."""
     assert ours.shape == reference.shape
+    assert ours.dtype == reference.dtype == np.dtype(precision)
     scale = float(np.abs(reference).max())
-    assert scale > 0.1  # a vanishing reference would make the check empty
-    assert float(np.abs(ours - reference).max()) <= tol * max(1.0, scale)
+    assert scale > 1.0  # a vanishing reference would make the check empty
+    error = float(np.abs(ours - reference).max())
+    if precision == "float64":
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=FLOAT64_ATOL)
+        assert error <= FLOAT64_EXACT, f"float64 should leave only rounding, got {error:.3g}"
+    else:
+        assert error <= FLOAT32_SCALED_TOL * scale, f"{error:.3g} at feature scale {scale:.3g}"
 
 
 @pytest.fixture(scope="module")
@@ -134,17 +147,19 @@ def hf_dir(hf_model, tmp_path_factory):
     return directory
 
 
-def test_hf_directory_imports_exactly(hf_model, hf_dir, images):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_hf_directory_imports_exactly(hf_model, hf_dir, images, precision):
     variables = load_resnet50_weights(hf_dir)
-    _assert_close(_flax_pooled(variables, images), _torch_pooled(hf_model, images))
+    ours = _flax_pooled(variables, images, precision)
+    _assert_matches(ours, _torch_pooled(hf_model, images, precision), precision)
 
 
 @pytest.mark.slow
 def test_hf_import_exact_at_224(hf_model, hf_dir):
     image = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    pooled = _flax_pooled(load_resnet50_weights(hf_dir), image)
+    pooled = _flax_pooled(load_resnet50_weights(hf_dir), image, "float32")
     assert pooled.shape == (1, FEATURE_DIM)
-    _assert_close(pooled, _torch_pooled(hf_model, image))
+    _assert_matches(pooled, _torch_pooled(hf_model, image, "float32"), "float32")
 
 
 def test_hf_pytorch_model_bin_and_classifier_checkpoint(hf_model, hf_dir, tmp_path):
@@ -164,8 +179,6 @@ def test_hf_pytorch_model_bin_and_classifier_checkpoint(hf_model, hf_dir, tmp_pa
 
 def test_train_mode_matches_torch_batch_statistics(hf_model, hf_dir, images):
     """train=True normalises with batch statistics and moves running means as torch (0.1)."""
-    import copy
-
     import torch
 
     variables = load_resnet50_weights(hf_dir)
@@ -186,35 +199,52 @@ def test_train_mode_matches_torch_batch_statistics(hf_model, hf_dir, images):
 # ----------------------------------------------------------------------------- torchvision
 
 
-def _torchvision_resnet50():
-    """torchvision's resnet50 constructor, or None where torchvision is absent.
+@pytest.fixture(scope="module")
+def torchvision_model(torchvision):
+    """torchvision's own resnet50, random weights and measured BatchNorm statistics, fc kept."""
+    import torch
 
-    A torchvision wheel built against another torch fails in its C++ ops ("operator
-    torchvision::nms does not exist"); the model code is pure Python, so import it alone.
-    """
-    try:
-        from torchvision.models import resnet50 as constructor
+    torch.manual_seed(2)
+    model = torchvision.models.resnet50(weights=None)
+    assert type(model).__module__ == "torchvision.models.resnet"
+    _randomise_batchnorm(model, seed=3)
+    return model
 
-        return constructor
-    except ImportError:
-        return None
-    except RuntimeError:
-        pass
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "torchvision"}
-    for name in saved:
-        del sys.modules[name]
-    spec = importlib.util.find_spec("torchvision")
-    root = spec.submodule_search_locations[0]
-    try:
-        for name, sub in (("torchvision", ""), ("torchvision.models", "/models")):
-            stub = types.ModuleType(name)
-            stub.__path__ = [root + sub]
-            sys.modules[name] = stub
-        return importlib.import_module("torchvision.models.resnet").resnet50
-    finally:
-        for name in [k for k in sys.modules if k.split(".")[0] == "torchvision"]:
-            del sys.modules[name]
-        sys.modules.update(saved)
+
+@pytest.fixture(scope="module")
+def torchvision_files(torchvision_model, tmp_path_factory):
+    """Its state dict, classifier included, as torch.save and as safetensors write it."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory = tmp_path_factory.mktemp("torchvision-resnet")
+    state = torchvision_model.state_dict()
+    assert "fc.weight" in state and "layer1.0.downsample.0.weight" in state
+    torch.save(state, directory / "resnet50.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, directory / "resnet50.safetensors")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def torchvision_trunk(torchvision_model):
+    """The same model with fc = Identity: its output is the pooled 2048-d feature."""
+    import torch
+
+    trunk = copy.deepcopy(torchvision_model)
+    trunk.fc = torch.nn.Identity()
+    return trunk.eval()
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_state_dict_imports_exactly(
+    torchvision_trunk, torchvision_files, images, suffix, precision
+):
+    path = torchvision_files / f"resnet50{suffix}"
+    variables, identity = resolve_resnet50_weights(path)
+    assert identity.startswith(f"torchvision:{path.resolve()}@sha256:")
+    ours = _flax_pooled(variables, images, precision)
+    _assert_matches(ours, _torch_pooled(torchvision_trunk, images, precision), precision)
 
 
 def _hf_to_torchvision_key(key: str) -> str:
@@ -233,61 +263,18 @@ def _hf_to_torchvision_key(key: str) -> str:
     return re.sub(r"encoder\.stages\.(\d)\.layers\.(\d+)\.(.*)", block, key)
 
 
-@pytest.fixture(scope="module")
-def torchvision_reference(hf_model):
-    """(state dict with fc, torch model giving pooled features, name of the reference)."""
+def test_torchvision_layout_of_hf_weights_imports_the_same(hf_model, hf_dir, tmp_path):
+    """Without torchvision too: HF weights renamed to torchvision keys load to the same tensors."""
     import torch
 
-    constructor = _torchvision_resnet50()
-    if constructor is not None:
-        torch.manual_seed(2)
-        model = constructor()
-        _randomise_batchnorm(model, seed=3)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        model.fc = torch.nn.Identity()
-        return state, model, "torchvision"
-    state = {_hf_to_torchvision_key(k): v.clone() for k, v in hf_model.state_dict().items()}
-    state["fc.weight"] = torch.randn(1000, FEATURE_DIM)
-    state["fc.bias"] = torch.randn(1000)
-    return state, hf_model, "transformers"
-
-
-def test_torchvision_reference_is_known(torchvision_reference):
-    state, _, name = torchvision_reference
-    assert name in ("torchvision", "transformers")
+    state = {_hf_to_torchvision_key(k): v for k, v in hf_model.state_dict().items()}
     assert "layer4.2.bn3.running_var" in state and "layer1.0.downsample.0.weight" in state
-
-
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_torchvision_state_dict_imports_exactly(torchvision_reference, images, tmp_path, suffix):
-    import torch
-    from safetensors.torch import save_file
-
-    state, reference, _ = torchvision_reference
-    path = tmp_path / f"resnet50{suffix}"
-    if suffix == ".pth":
-        torch.save(state, path)
-    else:
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    variables, identity = resolve_resnet50_weights(path)
-    assert identity.startswith(f"torchvision:{path.resolve()}@sha256:")
-    _assert_close(_flax_pooled(variables, images), _torch_pooled(reference, images))
-
-
-@pytest.mark.slow
-def test_torchvision_import_is_exact_in_float64(torchvision_reference, images):
-    """Without float32 rounding, both implementations agree to 1e-9: the mapping is exact."""
-    state, reference, _ = torchvision_reference
-    variables = load_resnet50_weights_from_state(state)
-    ours = _flax_pooled(variables, images, float64=True)
-    _assert_close(ours, _torch_pooled(reference, images, float64=True), tol=1e-9)
+    torch.save(state, tmp_path / "renamed.pth")
+    ours = load_resnet50_weights(tmp_path / "renamed.pth")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ours, load_resnet50_weights(hf_dir))
 
 
 # ----------------------------------------------------------------------------- errors, identity
-
-
-def load_resnet50_weights_from_state(state: dict) -> dict:
-    return variables_from_state_dict({k: v.numpy() for k, v in state.items()}, where="test")
 
 
 def _torchvision_file(hf_model, tmp_path, edit) -> str:
