@@ -2,6 +2,14 @@
 bytes per image, whether the loader keeps a training step fed, and (optionally) how learnable
 the synthetic labels are from pooled features of a random-init ResNet50.
 
+Keeping a step fed (`fed_step`): a step `--step-factor` (2) times as long as loading one batch
+from the cache, once as a sleep (a GPU step: the CPU is free) and once as real CPU work (float32
+matmuls on one BLAS thread, so the step and the loader share the cores). For every batch after
+the first of an epoch: whether it was finished and queued when the step asked for it
+(`ready_when_asked`; per batch R, r or W in `per_batch`, see `fed_epochs`) and the time spent
+in next() (`next_ms`: the queue handoff when the batch was ready). The loader keeps the step fed
+when every batch was ready and the handoff stays small. The load average is in the output.
+
     .venv/bin/python benchmarks/data_pipeline.py --images 200 --threads 4 --batch 32
     .venv/bin/python benchmarks/data_pipeline.py --learnability 600   # needs torch+transformers
 
@@ -25,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from qcxr.data.cache import ImageCache
-from qcxr.data.loader import Batch, Loader
+from qcxr.data.loader import Loader
 from qcxr.data.synthetic import Renderer
 
 
@@ -54,31 +62,113 @@ def nih_like_pngs(directory: Path, count: int, unique: int = 24) -> list[Path]:
     return paths
 
 
-def timed_epoch(loader: Loader, step_seconds: float = 0.0) -> dict:
-    """Images/s of one epoch; with a simulated step, the time spent waiting for batches."""
-    waits, count = [], 0
+def timed_epoch(loader: Loader, epoch: int = 0) -> dict:
+    """Images/s of one epoch read as fast as the caller can take the batches."""
+    count = 0
     start = time.perf_counter()
-    batches = loader.epoch(0)
-    while True:
-        t0 = time.perf_counter()
-        batch: Batch | None = next(batches, None)
-        waits.append(time.perf_counter() - t0)
-        if batch is None:
-            break
+    for batch in loader.epoch(epoch):
         count += len(batch.ids)
-        if step_seconds:
-            time.sleep(step_seconds)  # a training step that releases the CPU, as a GPU step does
     elapsed = time.perf_counter() - start
-    later = waits[1:-1]
+    return {"images_per_s": count / elapsed, "batches": len(loader), "seconds": elapsed}
+
+
+class CpuStep:
+    """A training step that is real CPU work: float32 128 x 128 matmuls on one BLAS thread
+    (one core busy, the GIL taken between products as a Python step loop takes it), as many as
+    take `seconds` on an idle core."""
+
+    def __init__(self, seconds: float):
+        from threadpoolctl import threadpool_limits
+
+        self.limits = threadpool_limits(limits=1, user_api="blas")
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((128, 128), np.float32)
+        # orthogonal, so repeated products neither overflow nor fall into slow denormals
+        self.b = np.linalg.qr(rng.standard_normal((128, 128))).Q.astype(np.float32)
+        self.products = 1
+        alone = min(self._timed(200) for _ in range(3)) / 200
+        self.products = max(1, round(seconds / alone))
+
+    def _timed(self, products: int) -> float:
+        start = time.perf_counter()
+        x = self.a
+        for _ in range(products):
+            x = x @ self.b
+        return time.perf_counter() - start
+
+    def __call__(self) -> None:
+        self._timed(self.products)
+
+    def close(self) -> None:
+        self.limits.restore_original_limits()
+
+
+def fed_epochs(loader: Loader, step, epochs: int) -> dict:
+    """Whether the loader keeps a step fed. For every batch: was it finished and queued when the
+    step asked for it (`Batch.ready_at` <= the time of the request), how long next() took, and
+    whether the loader was still reading a later batch at that moment (it starts batch j + p - 1
+    when the step takes batch j - 1, p = prefetch; "busy" means that one was not finished yet,
+    i.e. loading it took longer than the step). Per batch in `per_batch`: R ready and the loader
+    idle, r ready and the loader busy, W not ready; then the ms in next(). The first batch of an
+    epoch is read when first asked for and is reported apart."""
+    ready, busy, waits, firsts, steps = [], [], [], [], []
+    ahead = max(loader.prefetch, 1) - 1
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        asked, finished = [], []
+        batches = loader.epoch(epoch)
+        for k in range(len(loader)):
+            asked.append(time.perf_counter())
+            batch = next(batches)
+            got = time.perf_counter()
+            finished.append(batch.ready_at)
+            if k == 0:
+                firsts.append(got - asked[k])
+            else:
+                waits.append(got - asked[k])
+            step()
+            steps.append(time.perf_counter() - got)
+        assert next(batches, None) is None
+        for k in range(1, len(asked)):
+            ready.append(finished[k] <= asked[k])
+            later = k + ahead
+            busy.append(later < len(finished) and finished[later] > asked[k])
+    elapsed = time.perf_counter() - start
+    waits_ms = np.array(waits) * 1e3
+    idle = waits_ms[~np.array(busy, bool)]
+
+    def stats(values: np.ndarray) -> dict:
+        if not len(values):
+            return {"count": 0}
+        return {
+            "count": len(values),
+            "median": float(np.median(values)),
+            "p90": float(np.percentile(values, 90)),
+            "max": float(values.max()),
+            "over_1ms": int((values > 1).sum()),
+        }
+
     return {
-        "images_per_s": count / elapsed,
-        "batches": len(waits) - 1,
-        "batches_waiting_over_1ms_after_first": int(sum(w > 1e-3 for w in later)),
-        "seconds": elapsed,
-        "first_wait_s": waits[0],
-        "mean_wait_after_first_s": float(np.mean(later)) if later else 0.0,
-        "median_wait_after_first_s": float(np.median(later)) if later else 0.0,
+        "epochs": epochs,
+        "batches_after_first": len(ready),
+        "ready_when_asked": int(sum(ready)),
+        "all_ready_when_asked": bool(all(ready)),
+        "loader_busy_when_asked": int(sum(busy)),
+        "next_ms": stats(waits_ms),
+        "next_ms_loader_idle": stats(idle),
+        "first_batch_ms": [round(w * 1e3, 2) for w in firsts],
+        "step_ms_mean": float(np.mean(steps) * 1e3),
+        "step_ms_max": float(np.max(steps) * 1e3),
+        "images_per_s": epochs * len(loader.dataset.ids) / elapsed,
+        "per_batch": " ".join(
+            f"{('r' if b else 'R') if r else 'W'}{w:.3f}"
+            for r, b, w in zip(ready, busy, waits_ms, strict=True)
+        ),
     }
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def joblib_epoch(dataset: Files, cache: ImageCache, batch: int, threads: int) -> float:
@@ -180,12 +270,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--augment-repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3, help="cached epochs timed (best kept)")
+    parser.add_argument("--fed-epochs", type=int, default=3, help="epochs of each fed-step run")
+    parser.add_argument(
+        "--step-factor", type=float, default=2.0, help="step = this x a batch's load time"
+    )
+    parser.add_argument("--prefetch", type=int, default=None, help="default: the loader's")
     parser.add_argument("--learnability", type=int, default=0, help="images (0: skip)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
     results: dict = {
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs",
+        "load_average_1_5_15_at_start": load_average(),
         "settings": vars(args) | {"workdir": str(args.workdir)},
     }
     if args.learnability:
@@ -206,7 +302,10 @@ def main() -> None:
             from safetensors.numpy import save
 
             float32 = len(save({"image": np.zeros((224, 224, 3), np.float32)}))
-            cached = Loader(data, cache, batch_size=args.batch, seed=0, threads=args.threads)
+            extra = {} if args.prefetch is None else {"prefetch": args.prefetch}
+            cached = Loader(
+                data, cache, batch_size=args.batch, seed=0, threads=args.threads, **extra
+            )
             # Best of a few epochs: on a shared machine the slowest ones measure the neighbours.
             epochs = [timed_epoch(cached) for _ in range(args.epochs)]
             cached_epoch = max(epochs, key=lambda r: r["images_per_s"])
@@ -216,10 +315,26 @@ def main() -> None:
             )
             uncached = Loader(data, None, batch_size=args.batch, seed=0, threads=args.threads)
             uncached_epoch = timed_epoch(uncached)
-            # A step twice as long as loading one batch from the cache (at the mean rate of the
-            # epochs above, same conditions): the loader must keep up.
-            step = 2.0 * args.batch / mean_rate
-            fed = timed_epoch(cached, step_seconds=step)
+            # A step longer than loading one batch from the cache (twice, by default, at the mean
+            # rate of the epochs above): the loader must keep it fed. Once as a sleep (the CPU is
+            # free, as during a GPU step), once as real CPU work on one core.
+            load = args.batch / mean_rate
+            step = args.step_factor * load
+            fed: dict = {
+                "batch_load_ms": load * 1e3,
+                "step_ms": step * 1e3,
+                "prefetch": cached.prefetch,
+                "load_average_before": load_average(),
+            }
+            fed["sleep_step"] = fed_epochs(cached, lambda: time.sleep(step), args.fed_epochs)
+            cpu = CpuStep(step)
+            try:
+                fed["cpu_step"] = {"matmuls": cpu.products} | fed_epochs(
+                    cached, cpu, args.fed_epochs
+                )
+            finally:
+                cpu.close()
+            fed["load_average_after"] = load_average()
         results |= {
             "png_bytes_per_image": float(png_bytes),
             "cache_build_images_per_s": build,
@@ -230,7 +345,7 @@ def main() -> None:
             "epoch_from_cache_joblib_images_per_s": joblib_rate,
             "epoch_from_png": uncached_epoch,
             "cache_speedup": cached_epoch["images_per_s"] / uncached_epoch["images_per_s"],
-            "fed_step": {"step_s": step, **fed},
+            "fed_step": fed,
             "augment": augmentation(args.batch, args.augment_repeats),
         }
     finally:

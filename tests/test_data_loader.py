@@ -124,3 +124,42 @@ def test_a_read_error_reaches_the_caller_with_its_message():
     loader = Loader(dataset(20), Failing(), batch_size=4, seed=0, shuffle=False)
     with pytest.raises(ValueError, match=r"/nowhere/7.png: cannot decode image"):
         list(loader.epoch(0))
+
+
+def test_batches_are_assembled_off_the_callers_thread_and_ready_when_asked_for():
+    class Recording(FakeCache):
+        def __init__(self):
+            super().__init__()
+            self.threads = set()
+
+        def get(self, path):
+            self.threads.add(threading.current_thread().name)
+            return super().get(path)
+
+    cache = Recording()
+    loader = Loader(dataset(60), cache, batch_size=6, seed=2, threads=2, prefetch=2)
+    batches = loader.epoch(0)
+    ready = []
+    for _ in range(len(loader)):
+        time.sleep(0.02)  # a step longer than loading a batch of this fake cache
+        asked = time.perf_counter()
+        batch = next(batches)
+        ready.append(batch.ready_at <= asked)
+    assert next(batches, None) is None
+    assert all(ready[1:])  # the first is read when first asked for (the generator starts then)
+    assert threading.current_thread().name not in cache.threads
+    assert all(name.startswith("qcxr-read") for name in cache.threads)
+
+
+def test_no_prefetch_reads_nothing_ahead_and_closing_stops_the_producer():
+    cache = FakeCache()
+    loader = Loader(dataset(40), cache, batch_size=4, seed=0, threads=2, prefetch=0)
+    batches = loader.epoch(0)
+    next(batches)
+    time.sleep(0.05)
+    assert cache.calls == 4
+    next(batches)
+    time.sleep(0.05)
+    assert cache.calls == 8
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("qcxr-")]

@@ -2,18 +2,30 @@
 
 The order depends only on (seed, epoch), so a CDL and a DQC run with the same seed see the same
 batches; `epoch(e, start=k)` continues exactly at batch k, so a resumed run sees what it would
-have seen. Reads are threads (zstd decompression and numpy copies release the GIL), one task
-per thread and batch; the next `prefetch` batches are read and stacked while the caller
-computes. Chosen by measurement (benchmarks/data_pipeline.md): 1.3-2.2x faster on cached reads
-than joblib threads with one `Parallel` call per batch, as the paper's loader did.
+have seen.
+
+Each epoch has one producer thread that does all the work of a batch: it hands the reads to
+`threads` reader threads (one task per thread and batch; zstd decompression, SQLite and numpy
+copies release the GIL), stacks the images, gathers ids and labels and queues the finished
+`Batch`. The caller's `next()` only takes a finished batch off a queue. The producer reads at
+most `prefetch` batches ahead of the one the caller holds, and starts the next one within a
+millisecond of the caller taking a batch, so it works while the caller computes and is idle
+(off the GIL) by the time the caller asks again, provided a step takes longer than loading a
+batch (plus that millisecond).
+Measured in benchmarks/data_pipeline.md: threads beat joblib (one `Parallel` call per batch,
+as the paper's loader did) by 1.3-2.2x on cached reads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +36,14 @@ from qcxr.data.preprocess import preprocess
 
 _DEFAULTS = DataConfig()
 ORDER_STREAM = 0x0D  # separates the data-order stream from other uses of the run seed
+_END = object()  # the producer's last item of an epoch
+# How often an idle producer looks whether the caller took a batch. It polls instead of being
+# woken because a wake-up from inside next() measurably stalled the caller: on a loaded 2-core
+# machine with a CPU-bound step, next() took 1-8 ms in ~2% of calls with the batch ready and the
+# loader idle (most likely the woken thread preempting the caller while it holds the GIL), and
+# in none with polling (benchmarks/data_pipeline.md). Cost: up to ~1,000 short wake-ups a second
+# of the producer while it waits; the step's time did not change beyond the machine's noise.
+_POLL_S = 0.001
 
 
 class Dataset(Protocol):
@@ -42,6 +62,9 @@ class Batch:
     images: np.ndarray  # uint8 (B, H, W, C)
     labels: np.ndarray  # float32 (B, n)
     position: int  # index of this batch in its epoch; resume with start=position + 1
+    # time.perf_counter() when the loader had this batch finished and queued: a batch with
+    # ready_at <= the time the caller asked for it was waiting for the caller, not the reverse.
+    ready_at: float = field(default=0.0, compare=False, repr=False)
 
 
 class Preprocessor:
@@ -108,43 +131,85 @@ class Loader:
         batches = self.batch_indices(epoch)
         if not 0 <= start <= len(batches):
             raise ValueError(f"start {start} is outside epoch of {len(batches)} batches")
-        paths = self.dataset.paths
-        # Readers decode; one assembler stacks each batch, so the caller only picks it up.
-        readers = ThreadPoolExecutor(self.threads, thread_name_prefix="qcxr-read")
-        assembler = ThreadPoolExecutor(1, thread_name_prefix="qcxr-batch")
-        pending: deque[tuple[int, list[Future], Future]] = deque()
-        position = start
-
-        def submit() -> None:
-            nonlocal position
-            if position < len(batches):
-                # One task per thread, not per image: a cached read is ~0.1 ms, comparable to
-                # the cost of a future.
-                rows = batches[position]
-                chunks = np.array_split(rows, min(self.threads, len(rows)))
-                reads = [readers.submit(self.read, [paths[i] for i in c]) for c in chunks]
-                stacked = assembler.submit(
-                    lambda reads=reads: stack_images([im for r in reads for im in r.result()])
-                )
-                pending.append((position, reads, stacked))
-                position += 1
-
+        # allowed[0]: how many batches the producer may have started. With prefetch p >= 1 it
+        # starts at p and grows by one each time the caller takes a batch, so p batches are read
+        # (or wait, finished) while the caller holds one. With p = 0 it grows only when the
+        # caller asks for a batch: nothing is read ahead, and the producer is woken at once.
+        allowed = [self.prefetch]
+        ready: queue.SimpleQueue = queue.SimpleQueue()
+        nudge: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=self._produce,
+            args=(batches, start, allowed, ready, nudge, stop),
+            name="qcxr-batch",
+            daemon=True,
+        )
+        producer.start()
         try:
-            for _ in range(self.prefetch + 1):
-                submit()
-            while pending:
-                index, _, stacked = pending.popleft()
-                rows = batches[index]
-                yield Batch(
-                    ids=[self.dataset.ids[i] for i in rows],
-                    images=stacked.result(),
-                    labels=self.labels[rows],
-                    position=index,
-                )
-                submit()  # `prefetch` batches are read while the caller holds this one
+            while True:
+                if not self.prefetch:
+                    allowed[0] += 1
+                    nudge.put(None)
+                item = ready.get()  # no system call when a finished batch is queued
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if self.prefetch:
+                    allowed[0] += 1  # seen by the producer within _POLL_S: no wake-up here
+                yield item
         finally:
-            for _, reads, _stacked in pending:
+            stop.set()
+            nudge.put(None)
+            producer.join()
+
+    def _produce(
+        self,
+        batches: list[np.ndarray],
+        start: int,
+        allowed: list[int],
+        ready: queue.SimpleQueue,
+        nudge: queue.SimpleQueue,
+        stop: threading.Event,
+    ) -> None:
+        """The producer thread of one epoch: reads, stacks and queues every batch from `start`
+        on, in order, then _END (or the first exception, which the caller re-raises)."""
+        paths, ids = self.dataset.paths, self.dataset.ids
+        readers = ThreadPoolExecutor(self.threads, thread_name_prefix="qcxr-read")
+        reading: deque[tuple[int, list[Future]]] = deque()
+        position = start
+        try:
+            while not stop.is_set():
+                while position < len(batches) and position - start < allowed[0]:
+                    # One task per thread, not per image: a cached read is ~0.1 ms, comparable
+                    # to the cost of a future.
+                    rows = batches[position]
+                    chunks = np.array_split(rows, min(self.threads, len(rows)))
+                    reads = [readers.submit(self.read, [paths[i] for i in c]) for c in chunks]
+                    reading.append((position, reads))
+                    position += 1
+                if reading:
+                    index, reads = reading.popleft()
+                    rows = batches[index]
+                    batch = Batch(
+                        ids=[ids[i] for i in rows],
+                        images=stack_images([im for r in reads for im in r.result()]),
+                        labels=self.labels[rows],
+                        position=index,
+                        ready_at=time.perf_counter(),
+                    )
+                    ready.put(batch)
+                elif position == len(batches):
+                    ready.put(_END)
+                    return
+                else:  # every allowed batch is queued: wait for the caller to take one
+                    with contextlib.suppress(queue.Empty):
+                        nudge.get(timeout=_POLL_S)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller, who re-raises it
+            ready.put(err)
+        finally:
+            for _, reads in reading:
                 for read in reads:
                     read.cancel()
             readers.shutdown(wait=True, cancel_futures=True)
-            assembler.shutdown(wait=True, cancel_futures=True)
