@@ -50,9 +50,19 @@ def test_matches_pennylane(n: int, layers: int, entangler: str) -> None:
     np.testing.assert_allclose(g_ours[1], g_ref[1], atol=1e-4)
 
 
+def test_one_sample_chunks_match_pennylane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of one sample (n >= 19 by default) cycle the qubit groups: another code path."""
+    monkeypatch.setenv("QCXR_SV_CHUNK", "1")
+    sv._CIRCUITS.clear()
+    try:
+        test_matches_pennylane(8, 4, "ring")
+    finally:
+        sv._CIRCUITS.clear()
+
+
 def test_layout_choices_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunking and fusion width are performance knobs only."""
-    x, w = _inputs(9, 3, seed=3, batch=4)
+    x, w = _inputs(9, 4, seed=3, batch=4)
     f = _loss("statevector", "ring", 9)
     base = (dqc_expvals(x, w), jax.grad(f, (0, 1))(x, w))
     for chunk, group in (("1", "2"), ("2", "3"), ("4", "9")):
@@ -88,8 +98,9 @@ def test_product_state_is_normalised_kronecker() -> None:
 
 def test_entangler_permutation_matches_cnot_sequence() -> None:
     """The GF(2) masks equal applying each CNOT to every basis index, in order."""
-    for n, ent in ((4, "ring"), (5, "chain"), (2, "ring"), (3, "none")):
+    for n, ent in ((4, "ring"), (5, "chain"), (2, "ring"), (3, "none"), (10, "ring")):
         forward, inverse = basis_permutation(n, ent)
+        assert sorted(forward) == list(range(2**n))
         for b in range(2**n):
             bits = [(b >> (n - 1 - q)) & 1 for q in range(n)]
             for control, target in entangler_cnots(n, ent):

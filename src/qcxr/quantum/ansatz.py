@@ -53,7 +53,7 @@ def basis_permutation(n: int, entangler: str) -> tuple[np.ndarray, np.ndarray]:
     index = np.arange(2**n, dtype=np.int64)
     image = np.zeros_like(index)
     for k, mask in enumerate(parity_masks(n, entangler)):
-        bit = np.bitwise_count(index & mask) & 1
+        bit = np.bitwise_count(index & mask).astype(np.int64) & 1  # uint8 would overflow
         image |= bit << (n - 1 - k)
     inverse = np.empty_like(image)
     inverse[image] = index
