@@ -4,8 +4,8 @@ the synthetic labels are from pooled features of a random-init ResNet50.
 
 Keeping a step fed (`fed_step`): a step `--step-factor` (2) times as long as loading one batch
 from the cache, once as a sleep (a GPU step: the CPU is free) and once as real CPU work (float32
-matmuls on one BLAS thread, so the step and the loader share the cores). For every batch after
-the first of an epoch: whether it was finished and queued when the step asked for it
+matmuls on one BLAS thread, so the step and the loader share the cores). For every batch but
+the run's first (a later epoch's first batch is read while the previous epoch ends): whether it was finished and queued when the step asked for it
 (`ready_when_asked`; per batch R, r or W in `per_batch`, see `fed_epochs`) and the time spent
 in next() (`next_ms`: the queue handoff when the batch was ready). The loader keeps the step fed
 when every batch was ready and the handoff stays small. The load average is in the output.
@@ -109,8 +109,9 @@ def fed_epochs(loader: Loader, step, epochs: int) -> dict:
     whether the loader was still reading a later batch at that moment (it starts batch j + p - 1
     when the step takes batch j - 1, p = prefetch; "busy" means that one was not finished yet,
     i.e. loading it took longer than the step). Per batch in `per_batch`: R ready and the loader
-    idle, r ready and the loader busy, W not ready; then the ms in next(). The first batch of an
-    epoch is read when first asked for and is reported apart."""
+    idle, r ready and the loader busy, W not ready; then the ms in next(). The first batch of the
+    first epoch is read when first asked for and is reported apart; later epochs' first batches
+    are read ahead while the previous epoch's last step runs, and count like every other."""
     ready, busy, waits, firsts, steps = [], [], [], [], []
     ahead = max(loader.prefetch, 1) - 1
     start = time.perf_counter()
@@ -122,14 +123,14 @@ def fed_epochs(loader: Loader, step, epochs: int) -> dict:
             batch = next(batches)
             got = time.perf_counter()
             finished.append(batch.ready_at)
-            if k == 0:
+            if k == 0 and epoch == 0:
                 firsts.append(got - asked[k])
             else:
                 waits.append(got - asked[k])
             step()
             steps.append(time.perf_counter() - got)
         assert next(batches, None) is None
-        for k in range(1, len(asked)):
+        for k in range(1 if epoch == 0 else 0, len(asked)):
             ready.append(finished[k] <= asked[k])
             later = k + ahead
             busy.append(later < len(finished) and finished[later] > asked[k])
@@ -150,7 +151,7 @@ def fed_epochs(loader: Loader, step, epochs: int) -> dict:
 
     return {
         "epochs": epochs,
-        "batches_after_first": len(ready),
+        "batches_after_first": len(ready),  # every batch but the run's very first
         "ready_when_asked": int(sum(ready)),
         "all_ready_when_asked": bool(all(ready)),
         "loader_busy_when_asked": int(sum(busy)),
@@ -307,7 +308,7 @@ def main() -> None:
                 data, cache, batch_size=args.batch, seed=0, threads=args.threads, **extra
             )
             # Best of a few epochs: on a shared machine the slowest ones measure the neighbours.
-            epochs = [timed_epoch(cached) for _ in range(args.epochs)]
+            epochs = [timed_epoch(cached, e) for e in range(args.epochs)]
             cached_epoch = max(epochs, key=lambda r: r["images_per_s"])
             mean_rate = float(np.mean([r["images_per_s"] for r in epochs]))
             joblib_rate = max(
@@ -315,6 +316,7 @@ def main() -> None:
             )
             uncached = Loader(data, None, batch_size=args.batch, seed=0, threads=args.threads)
             uncached_epoch = timed_epoch(uncached)
+            uncached.close()  # its next epoch is being read ahead: not wanted here
             # A step longer than loading one batch from the cache (twice, by default, at the mean
             # rate of the epochs above): the loader must keep it fed. Once as a sleep (the CPU is
             # free, as during a GPU step), once as real CPU work on one core.
@@ -326,6 +328,7 @@ def main() -> None:
                 "prefetch": cached.prefetch,
                 "load_average_before": load_average(),
             }
+            cached.close()
             fed["sleep_step"] = fed_epochs(cached, lambda: time.sleep(step), args.fed_epochs)
             cpu = CpuStep(step)
             try:

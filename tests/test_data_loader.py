@@ -163,3 +163,51 @@ def test_no_prefetch_reads_nothing_ahead_and_closing_stops_the_producer():
     assert cache.calls == 8
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("qcxr-")]
+
+
+def _qcxr_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("qcxr-")]
+
+
+def test_the_next_epoch_is_read_ahead_and_taken_over():
+    cache = FakeCache()
+    loader = Loader(dataset(40), cache, batch_size=4, seed=5, threads=2, prefetch=2)
+    assert len(list(loader.epoch(0))) == 10
+    deadline = time.monotonic() + 10
+    while cache.calls < 40 + 2 * 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.calls == 40 + 2 * 4  # epoch 1's first two batches, before anyone asked
+    asked = time.perf_counter()
+    epoch1 = list(loader.epoch(1))
+    assert epoch1[0].ready_at <= asked
+    fresh = Loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=2)
+    assert [b.ids for b in epoch1] == [b.ids for b in fresh.epoch(1)]
+    deadline = time.monotonic() + 10
+    while cache.calls < 40 + 40 + 2 * 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.calls == 40 + 40 + 2 * 4  # epoch 2 is now read ahead in turn
+    loader.close()
+    fresh.close()
+    assert not _qcxr_threads()
+
+
+def test_an_epoch_out_of_turn_or_a_resume_discards_the_read_ahead():
+    loader = Loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=2)
+    list(loader.epoch(0))
+    fresh = Loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=0)
+    assert [b.ids for b in loader.epoch(3)] == [b.ids for b in fresh.epoch(3)]
+    list(loader.epoch(0))  # reads epoch 1 ahead
+    resumed = list(loader.epoch(1, start=4))
+    assert [b.position for b in resumed] == list(range(4, 10))
+    assert [b.ids for b in resumed] == [b.ids for b in fresh.epoch(1)][4:]
+    del loader  # a loader nobody holds stops its read-ahead
+    assert not _qcxr_threads()
+
+
+def test_epochs_shorter_than_the_prefetch_chain_without_leftovers():
+    loader = Loader(dataset(6), FakeCache(), batch_size=4, seed=1, threads=2, prefetch=3)
+    fresh = Loader(dataset(6), FakeCache(), batch_size=4, seed=1, threads=2, prefetch=0)
+    for epoch in range(4):
+        assert [b.ids for b in loader.epoch(epoch)] == [b.ids for b in fresh.epoch(epoch)]
+    loader.close()
+    assert not _qcxr_threads()

@@ -11,7 +11,9 @@ copies release the GIL), stacks the images, gathers ids and labels and queues th
 most `prefetch` batches ahead of the one the caller holds, and starts the next one within a
 millisecond of the caller taking a batch, so it works while the caller computes and is idle
 (off the GIL) by the time the caller asks again, provided a step takes longer than loading a
-batch (plus that millisecond).
+batch (plus that millisecond). When the caller takes the last batch of an epoch, the next
+epoch's producer starts reading its first batches, so an epoch's first batch does not wait
+either (`epoch(e + 1)` takes it over; an epoch asked for out of turn stops it).
 Measured in benchmarks/data_pipeline.md: threads beat joblib (one `Parallel` call per batch,
 as the paper's loader did) by 1.3-2.2x on cached reads.
 """
@@ -22,6 +24,7 @@ import contextlib
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -90,6 +93,32 @@ def stack_images(images: list[np.ndarray]) -> np.ndarray:
     return np.stack(images)
 
 
+@dataclass
+class _Reading:
+    """One epoch's producer thread and the queues between it and the caller."""
+
+    epoch: int
+    start: int
+    thread: threading.Thread
+    allowed: list[int]
+    ready: queue.SimpleQueue
+    nudge: queue.SimpleQueue
+    stop: threading.Event
+    taken: threading.Event  # a caller iterates it: only then may it start the next epoch's
+
+    def close(self) -> None:
+        self.stop.set()
+        self.nudge.put(None)
+        self.thread.join()
+        while not self.ready.empty():  # batches read but never taken
+            self.ready.get()
+
+
+def _close_all(readings: list[_Reading]) -> None:
+    while readings:
+        readings.pop().close()
+
+
 class Loader:
     """Batches of (ids, uint8 images, labels) of a dataset, read through `cache`."""
 
@@ -112,13 +141,17 @@ class Loader:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.threads, self.prefetch = max(1, threads), max(0, prefetch)
         self.labels = np.asarray(dataset.labels, np.float32)
+        self._ahead: list[_Reading] = []  # the next epoch, started at the end of this one
+        self._lock = threading.Lock()  # _ahead is set by a producer thread, taken by the caller
+        weakref.finalize(self, _close_all, self._ahead)  # stopped with the loader if not taken
+        # (a producer waiting to be taken over polls like any other: see _POLL_S)
 
     def __len__(self) -> int:
         n, b = len(self.dataset.ids), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def read(self, paths: list[Path]) -> list[np.ndarray]:
-        return [self.cache.get(path) for path in paths]
+        return _read(self.cache, paths)
 
     def batch_indices(self, epoch: int) -> list[np.ndarray]:
         """The example indices of every batch of an epoch, in order."""
@@ -131,85 +164,134 @@ class Loader:
         batches = self.batch_indices(epoch)
         if not 0 <= start <= len(batches):
             raise ValueError(f"start {start} is outside epoch of {len(batches)} batches")
-        # allowed[0]: how many batches the producer may have started. With prefetch p >= 1 it
-        # starts at p and grows by one each time the caller takes a batch, so p batches are read
-        # (or wait, finished) while the caller holds one. With p = 0 it grows only when the
-        # caller asks for a batch: nothing is read ahead, and the producer is woken at once.
-        allowed = [self.prefetch]
-        ready: queue.SimpleQueue = queue.SimpleQueue()
-        nudge: queue.SimpleQueue = queue.SimpleQueue()
-        stop = threading.Event()
-        producer = threading.Thread(
-            target=self._produce,
-            args=(batches, start, allowed, ready, nudge, stop),
-            name="qcxr-batch",
-            daemon=True,
-        )
-        producer.start()
+        reading = self._take_ahead(epoch, start) or self._start(epoch, start)
+        reading.taken.set()
         try:
             while True:
                 if not self.prefetch:
-                    allowed[0] += 1
-                    nudge.put(None)
-                item = ready.get()  # no system call when a finished batch is queued
+                    reading.allowed[0] += 1
+                    reading.nudge.put(None)
+                item = reading.ready.get()  # no system call when a finished batch is queued
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
                     raise item
                 if self.prefetch:
-                    allowed[0] += 1  # seen by the producer within _POLL_S: no wake-up here
+                    reading.allowed[0] += 1  # seen by the producer within _POLL_S: no wake-up
                 yield item
         finally:
-            stop.set()
-            nudge.put(None)
-            producer.join()
+            reading.close()
 
-    def _produce(
-        self,
-        batches: list[np.ndarray],
-        start: int,
-        allowed: list[int],
-        ready: queue.SimpleQueue,
-        nudge: queue.SimpleQueue,
-        stop: threading.Event,
-    ) -> None:
-        """The producer thread of one epoch: reads, stacks and queues every batch from `start`
-        on, in order, then _END (or the first exception, which the caller re-raises)."""
-        paths, ids = self.dataset.paths, self.dataset.ids
-        readers = ThreadPoolExecutor(self.threads, thread_name_prefix="qcxr-read")
-        reading: deque[tuple[int, list[Future]]] = deque()
-        position = start
-        try:
-            while not stop.is_set():
-                while position < len(batches) and position - start < allowed[0]:
-                    # One task per thread, not per image: a cached read is ~0.1 ms, comparable
-                    # to the cost of a future.
-                    rows = batches[position]
-                    chunks = np.array_split(rows, min(self.threads, len(rows)))
-                    reads = [readers.submit(self.read, [paths[i] for i in c]) for c in chunks]
-                    reading.append((position, reads))
-                    position += 1
-                if reading:
-                    index, reads = reading.popleft()
-                    rows = batches[index]
-                    batch = Batch(
-                        ids=[ids[i] for i in rows],
-                        images=stack_images([im for r in reads for im in r.result()]),
-                        labels=self.labels[rows],
-                        position=index,
-                        ready_at=time.perf_counter(),
-                    )
-                    ready.put(batch)
-                elif position == len(batches):
-                    ready.put(_END)
-                    return
-                else:  # every allowed batch is queued: wait for the caller to take one
-                    with contextlib.suppress(queue.Empty):
-                        nudge.get(timeout=_POLL_S)
-        except BaseException as err:  # noqa: BLE001 - handed to the caller, who re-raises it
-            ready.put(err)
-        finally:
-            for _, reads in reading:
-                for read in reads:
-                    read.cancel()
-            readers.shutdown(wait=True, cancel_futures=True)
+    def close(self) -> None:
+        """Stop reading the next epoch ahead (a loader whose epochs run to the end starts one)."""
+        with self._lock:
+            readings = self._ahead[:]
+            self._ahead.clear()
+        _close_all(readings)
+
+    def _start(self, epoch: int, start: int) -> _Reading:
+        """A producer for `epoch` from batch `start`, allowed to read `prefetch` batches ahead.
+
+        allowed[0]: how many batches the producer may have started. With prefetch p >= 1 it
+        starts at p and grows by one each time the caller takes a batch, so p batches are read
+        (or wait, finished) while the caller holds one. With p = 0 it grows only when the caller
+        asks for a batch: nothing is read ahead, and the producer is woken at once.
+        """
+        allowed, ready, nudge = [self.prefetch], queue.SimpleQueue(), queue.SimpleQueue()
+        stop, taken = threading.Event(), threading.Event()
+        batches = self.batch_indices(epoch)
+        # The producer starts the next epoch's when it has queued this one's last batch, on its
+        # own thread (from the caller's next() that cost ~1.2 ms); a weak reference, so that a
+        # loader nobody holds is still collected.
+        then = (weakref.WeakMethod(self._read_ahead), epoch + 1) if self.prefetch else None
+        thread = threading.Thread(
+            target=_produce,
+            args=(self._source(), batches, start, allowed, ready, nudge, stop, taken, then),
+            name="qcxr-batch",
+            daemon=True,
+        )
+        thread.start()
+        return _Reading(epoch, start, thread, allowed, ready, nudge, stop, taken)
+
+    def _source(self) -> tuple:
+        data = self.dataset
+        return data.paths, data.ids, self.labels, self.cache, self.threads
+
+    def _read_ahead(self, epoch: int) -> None:
+        self.close()
+        reading = self._start(epoch, 0)
+        with self._lock:
+            self._ahead.append(reading)
+
+    def _take_ahead(self, epoch: int, start: int) -> _Reading | None:
+        """The epoch read ahead if it is this one (any epoch when the order never changes)."""
+        with self._lock:
+            ahead = self._ahead.pop() if self._ahead else None
+        if ahead is not None and start == 0 and (ahead.epoch == epoch or not self.shuffle):
+            return ahead
+        if ahead is not None:
+            ahead.close()
+        return None
+
+
+def _read(cache: ImageSource, paths: list[Path]) -> list[np.ndarray]:
+    return [cache.get(path) for path in paths]
+
+
+def _produce(
+    source: tuple,
+    batches: list[np.ndarray],
+    start: int,
+    allowed: list[int],
+    ready: queue.SimpleQueue,
+    nudge: queue.SimpleQueue,
+    stop: threading.Event,
+    taken: threading.Event,
+    then: tuple[weakref.WeakMethod, int] | None = None,
+) -> None:
+    """The producer thread of one epoch: reads, stacks and queues every batch from `start`
+    on, in order, then _END (or the first exception, which the caller re-raises). `source` is
+    (paths, ids, labels, cache, threads): not the loader, so that a loader nobody holds is
+    collected and its read-ahead stopped."""
+    paths, ids, labels, cache, threads = source
+    readers = ThreadPoolExecutor(threads, thread_name_prefix="qcxr-read")
+    reading: deque[tuple[int, list[Future]]] = deque()
+    position = start
+    try:
+        while not stop.is_set():
+            while position < len(batches) and position - start < allowed[0]:
+                # One task per thread, not per image: a cached read is ~0.1 ms, comparable
+                # to the cost of a future.
+                rows = batches[position]
+                chunks = np.array_split(rows, min(threads, len(rows)))
+                reads = [readers.submit(_read, cache, [paths[i] for i in c]) for c in chunks]
+                reading.append((position, reads))
+                position += 1
+            if reading:
+                index, reads = reading.popleft()
+                rows = batches[index]
+                batch = Batch(
+                    ids=[ids[i] for i in rows],
+                    images=stack_images([im for r in reads for im in r.result()]),
+                    labels=labels[rows],
+                    position=index,
+                    ready_at=time.perf_counter(),
+                )
+                ready.put(batch)
+                if then is not None and index == len(batches) - 1 and taken.is_set():
+                    read_ahead, next_epoch = then
+                    if (method := read_ahead()) is not None:
+                        method(next_epoch)
+            elif position == len(batches):
+                ready.put(_END)
+                return
+            else:  # every allowed batch is queued: wait for the caller to take one
+                with contextlib.suppress(queue.Empty):
+                    nudge.get(timeout=_POLL_S)
+    except BaseException as err:  # noqa: BLE001 - handed to the caller, who re-raises it
+        ready.put(err)
+    finally:
+        for _, reads in reading:
+            for read in reads:
+                read.cancel()
+        readers.shutdown(wait=True, cancel_futures=True)

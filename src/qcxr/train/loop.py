@@ -768,6 +768,7 @@ class FinetuneTrainer:
             seconds = time.perf_counter() - began
             book.end_epoch(val, seconds, state)
             book.log_epoch(label, val, seconds)
+        self.loader.close()  # the epoch after the last was being read ahead
 
 
 def train_finetune(
