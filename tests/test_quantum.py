@@ -50,12 +50,13 @@ def test_matches_pennylane(n: int, layers: int, entangler: str) -> None:
     np.testing.assert_allclose(g_ours[1], g_ref[1], atol=1e-4)
 
 
-def test_one_sample_chunks_match_pennylane(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of one sample (n >= 19 by default) cycle the qubit groups: another code path."""
+@pytest.mark.parametrize("entangler", ["ring", "chain", "none"])
+def test_one_sample_chunks_match_pennylane(monkeypatch: pytest.MonkeyPatch, entangler: str) -> None:
+    """Chunks of one sample (n >= 16 by default) cycle the qubit groups: another code path."""
     monkeypatch.setenv("QCXR_SV_CHUNK", "1")
     sv._CIRCUITS.clear()
     try:
-        test_matches_pennylane(8, 4, "ring")
+        test_matches_pennylane(8, 4, entangler)
     finally:
         sv._CIRCUITS.clear()
 
