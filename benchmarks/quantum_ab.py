@@ -32,7 +32,10 @@ def traced_step(n: int, setting: str):
         jax.block_until_ready(step(params, opt_state, x, y))
     finally:
         for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
         statevector._CIRCUITS.clear()
     return lambda: step(params, opt_state, x, y)
 

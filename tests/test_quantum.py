@@ -126,3 +126,13 @@ def test_ring_of_two_is_one_cnot() -> None:
     assert entangler_cnots(2, "ring") == [(0, 1)]
     assert entangler_cnots(1, "ring") == []
     assert entangler_cnots(4, "ring")[-1] == (3, 0)
+
+
+@pytest.mark.parametrize("entangler", ["ring", "chain"])
+def test_on_the_fly_indices_equal_the_checked_permutation(entangler: str) -> None:
+    """Above CONSTANT_INDEX_QUBITS the gather indices come from permuted_index, not constants."""
+    n = 10
+    forward, inverse = basis_permutation(n, entangler)
+    circuit = sv.Circuit(n, 2, entangler, None, 1)
+    np.testing.assert_array_equal(sv.permuted_index(n, circuit.inverse_masks), inverse)
+    np.testing.assert_array_equal(sv.permuted_index(n, circuit.masks), forward)

@@ -98,7 +98,6 @@ class _Reading:
     """One epoch's producer thread and the queues between it and the caller."""
 
     epoch: int
-    start: int
     thread: threading.Thread
     allowed: list[int]
     ready: queue.SimpleQueue
@@ -141,17 +140,15 @@ class Loader:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.threads, self.prefetch = max(1, threads), max(0, prefetch)
         self.labels = np.asarray(dataset.labels, np.float32)
-        self._ahead: list[_Reading] = []  # the next epoch, started at the end of this one
+        # The next epoch, started at the end of this one (at most one; a list so that the
+        # finalizer can stop it when the loader is collected without anyone taking it).
+        self._ahead: list[_Reading] = []
         self._lock = threading.Lock()  # _ahead is set by a producer thread, taken by the caller
-        weakref.finalize(self, _close_all, self._ahead)  # stopped with the loader if not taken
-        # (a producer waiting to be taken over polls like any other: see _POLL_S)
+        weakref.finalize(self, _close_all, self._ahead)
 
     def __len__(self) -> int:
         n, b = len(self.dataset.ids), self.batch_size
         return n // b if self.drop_last else -(-n // b)
-
-    def read(self, paths: list[Path]) -> list[np.ndarray]:
-        return _read(self.cache, paths)
 
     def batch_indices(self, epoch: int) -> list[np.ndarray]:
         """The example indices of every batch of an epoch, in order."""
@@ -161,9 +158,8 @@ class Loader:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch` from batch `start` on, read ahead by `prefetch` batches."""
-        batches = self.batch_indices(epoch)
-        if not 0 <= start <= len(batches):
-            raise ValueError(f"start {start} is outside epoch of {len(batches)} batches")
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start {start} is outside epoch of {len(self)} batches")
         reading = self._take_ahead(epoch, start) or self._start(epoch, start)
         reading.taken.set()
         try:
@@ -211,7 +207,7 @@ class Loader:
             daemon=True,
         )
         thread.start()
-        return _Reading(epoch, start, thread, allowed, ready, nudge, stop, taken)
+        return _Reading(epoch, thread, allowed, ready, nudge, stop, taken)
 
     def _source(self) -> tuple:
         data = self.dataset

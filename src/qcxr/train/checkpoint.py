@@ -64,20 +64,10 @@ class RunCheckpoints:
         self._save(self._best, step, variables, meta)
 
     def latest_meta(self) -> dict | None:
-        step = self._latest.latest_step()
-        if step is None:
-            return None
-        return self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"
-        ]
+        return _meta(self._latest)
 
     def best_meta(self) -> dict | None:
-        step = self._best.latest_step()
-        if step is None:
-            return None
-        return self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"
-        ]
+        return _meta(self._best)
 
     def restore_latest(self, like: Any) -> tuple[Any, dict] | None:
         """(state, meta) of the latest checkpoint, arrays placed like the leaves of `like`."""
@@ -144,3 +134,11 @@ def load_best(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     finally:
         checkpoints.close()
     return config_lib.load(config_path), variables
+
+
+def _meta(manager: ocp.CheckpointManager) -> dict | None:
+    """The JSON metadata of a manager's newest checkpoint, or None when it has none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
