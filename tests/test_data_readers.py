@@ -100,7 +100,7 @@ def test_missing_column_names_file_and_column(tmp_path):
     frame = pd.read_csv(csv).drop(columns=["Mass"])
     frame.to_csv(csv, index=False)
     with pytest.raises(
-        ValueError, match=rf"{re.escape(str(csv))}: missing required column\(s\) \['Mass'\]"
+        ValueError, match=rf"{re.escape(str(csv))}: lacks task cxr8 label\(s\) \['Mass'\]"
     ):
         NIHCXRLT(csv, images, "cxr8")
     frame.drop(columns=["id"]).to_csv(csv, index=False)

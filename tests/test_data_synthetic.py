@@ -11,8 +11,8 @@ from PIL import Image
 
 from qcxr.data import cli as data_cli
 from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT, nih_label_file
-from qcxr.data.synthetic import MIMIC_26, generate_study
-from qcxr.labels import TASKS
+from qcxr.data.synthetic import MIMIC_26, generate_study, study_paths
+from qcxr.labels import TASKS, resolve_task
 
 SIZES = {"n_train": 40, "n_val": 15, "n_test": 20, "n_mimic": 30, "image_size": 96}
 
@@ -132,3 +132,42 @@ def test_study_cache_build_then_loader(study, capsys):
         batches = list(Loader(data, cache, batch_size=4, seed=0).epoch(0))
     assert sum(len(b.ids) for b in batches) == 15
     assert batches[0].images.shape == (4, 224, 224, 1)
+
+
+def test_cxr26_study_with_extra_labels_writes_mimic_training_files(tmp_path, capsys):
+    from qcxr.data.synthetic import EXTRA_RATE, study_labels
+    from qcxr.labels import LABEL_SETS, canonical
+
+    args = ["synth", str(tmp_path / "s"), "--n-train", "12", "--n-val", "6", "--n-test", "4"]
+    args += ["--n-external", "6", "--size", "32", "--no-progress", "--task", "cxr26"]
+    assert data_cli.main([*args, "--extra-labels", "19"]) == 0
+    assert "labels (45)" in capsys.readouterr().out
+    paths = study_paths(tmp_path / "s")
+    names = paths.labels_file.read_text().splitlines()
+    assert names == LABEL_SETS["cxr26"] + [f"Finding {k:02d}" for k in range(1, 20)]
+    assert sorted(canonical(n) for n in MIMIC_26) == sorted(LABEL_SETS["cxr26"])
+    subjects = {}
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        frame = pd.read_csv(paths.mimic_split_csv[split])
+        assert list(frame.columns) == [
+            "dicom_id", "subject_id", "study_id", *MIMIC_26, *names[26:], "path"
+        ]  # fmt: skip
+        data = MIMICCXRLT(
+            paths.mimic_split_csv[split], paths.mimic_root, resolve_task("l45", names),
+            metadata_csv=paths.mimic_metadata,
+        )  # fmt: skip
+        assert len(data) == n and data.labels.shape == (n, 45) and not data.missing_labels
+        assert all(p.is_file() for p in data.paths)
+        for subject in frame["subject_id"].unique():
+            assert subjects.setdefault(subject, split) == split, "a patient is in two splits"
+    # NIH files keep the real 22-column layout; the study cannot train cxr26 on them.
+    assert list(pd.read_csv(paths.nih_csv["train"], nrows=0).columns) == real_columns()
+    rates = study_labels("cxr26", 19).extra_rates
+    assert list(rates) == names[26:] and rates["Finding 01"] == EXTRA_RATE
+    assert all(a > b for a, b in zip(list(rates.values()), list(rates.values())[1:], strict=False))
+
+
+def test_nih_label_sets_need_no_mimic_training_files(study):
+    assert study.labels_file.read_text().splitlines()[-1] == "No Finding"
+    assert not study.mimic_split_csv["train"].exists()
+    assert study.mimic_split_csv["test"] == study.mimic_csv

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from qcxr.labels import Task
+
 # Order is the order of `qcxr --help`.
 SUBSYSTEMS = (
     "qcxr.data.cli",  # synth, labels stats, cache build / verify
@@ -21,6 +23,55 @@ SUBSYSTEMS = (
     "qcxr.bench.cli",  # bench quantum, bench table3
     "qcxr.demo",  # demo
 )
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type: "A,B , C" -> ["A", "B", "C"]."""
+    return [part.strip() for part in text.split(",")]
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """--task (a built-in label set or a list's name), --labels A,B,... and --labels-file."""
+    from qcxr.labels import LABEL_SETS
+
+    shown = f" (default {default})" if default else ""
+    parser.add_argument(
+        "--task",
+        metavar="NAME",
+        default=None,
+        help=f"built-in label set: {', '.join(LABEL_SETS)}{shown}; or the name of the list "
+        "given by --labels / --labels-file",
+    )
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--labels",
+        type=comma_list,
+        metavar="A,B,...",
+        help="explicit label list (label i = qubit i)",
+    )
+    labels.add_argument("--labels-file", metavar="FILE", help="label list, one name per line")
+    parser.set_defaults(task_default=default)
+
+
+def labels_from_args(args: argparse.Namespace) -> list[str] | None:
+    """The explicit label list of --labels or --labels-file, if any."""
+    from qcxr.labels import read_labels_file
+
+    if getattr(args, "labels_file", None):
+        return read_labels_file(args.labels_file)
+    return getattr(args, "labels", None) or None
+
+
+def task_from_args(args: argparse.Namespace) -> Task:
+    """The qcxr.labels.Task of --task / --labels / --labels-file; a list given without a name
+    is named labels<n>."""
+    from qcxr.labels import resolve_task
+
+    labels = labels_from_args(args)
+    name = args.task or (f"labels{len(labels)}" if labels else args.task_default)
+    if name is None:
+        raise ValueError("give --task NAME (or --labels / --labels-file)")
+    return resolve_task(name, labels or ())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from qcxr.labels import Task, resolve_task
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -28,6 +30,10 @@ class DataConfig:
     study: str = ""  # study root: nih/ label CSVs + images, mimic/ (layout in DESIGN.md)
     features: str = ""  # frozen mode: dir with {train,val,test,mimic}.safetensors feature stores
     cache: str = ""  # finetune mode: image cache dir ("" = <experiment dir>/cache)
+    # Which files train and val come from (beyond the paper, which trains on NIH-CXR-LT):
+    # "nih" (nih/ label files), "mimic" (the study's CXR-LT 2023 MIMIC train/val files, for
+    # labels NIH lacks) or "auto": nih when its files carry every task label, else mimic.
+    source: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,10 @@ class ModelConfig:
     head: str = "cdl"  # Sec. III-C: "cdl" (classical) or "dqc" (dressed quantum circuit)
     num_layers: int = 3  # Sec. III-C.2: 3 variational layers
     entangler: str = "ring"  # Sec. III-C.2, Fig. 2: CNOT ring
-    backend: str = "statevector"  # beyond the paper: this project's simulator; "pennylane" = paper
+    # Beyond the paper: "auto" picks "statevector" or "mps" by cost for the run's n, layers and
+    # entangler (qcxr.quantum.choose_backend, quantum/__init__.py); "pennylane" = the paper's
+    # simulator. A run records what "auto" became in versions.json ("resolved").
+    backend: str = "auto"
     weights: str = "microsoft/resnet-50"  # Sec. III-C: ImageNet ResNet50 from Hugging Face
     # "random" = init_resnet50_variables(seed), an explicit choice for tests and demos
     backbone: str = "resnet50"  # Sec. III-C; "tiny" = a small CNN for tests (same finetune path)
@@ -88,7 +97,9 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Config:
-    task: str = "cxr8"  # Sec. III-B: cxr8, cxr14, cxr19
+    task: str = "cxr8"  # Sec. III-B: cxr8, cxr14, cxr19; beyond: nih20, cxr26 (qcxr.labels)
+    # Beyond the paper: an explicit label list (label i = qubit i), named by `task`.
+    labels: tuple[str, ...] = ()
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -126,8 +137,19 @@ def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
 
 
 def from_dict(updates: dict[str, Any], base: Config | None = None) -> Config:
-    """A `Config` from nested mappings (as read from YAML) over `base` (default: the paper's)."""
-    return _override(base or Config(), updates, "config")
+    """A `Config` from nested mappings (as read from YAML) over `base` (default: the paper's).
+
+    The task is checked here: a built-in label set name, or a name with an explicit `labels`
+    list (no duplicates); errors say which.
+    """
+    config = _override(base or Config(), updates, "config")
+    task_of(config)
+    return config
+
+
+def task_of(config: Config) -> Task:
+    """The run's task: its name and ordered labels (label i = qubit i)."""
+    return resolve_task(config.task, config.labels)
 
 
 def load(path: str | Path) -> Config:

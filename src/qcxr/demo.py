@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-SPLITS = ("train", "val", "test", "mimic")
+from qcxr.cli import add_task_arguments, task_from_args
+from qcxr.labels import LABEL_SETS, Task
+
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="run the whole study on a synthetic dataset (no data, no network needed)"
     )
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory")
-    demo.add_argument("--task", default="cxr8", choices=["cxr8", "cxr14", "cxr19"])
+    add_task_arguments(demo, "cxr8")
     demo.add_argument("--seeds", type=int, default=3, help="seeds per head (paper: 5)")
     demo.add_argument("--n-train", type=int, default=1600)
     demo.add_argument("--n-val", type=int, default=300)
@@ -80,10 +82,30 @@ def _weights(requested: str) -> str:
         return "random:0"
 
 
-def _grid_file(args: argparse.Namespace, study: Path, features: Path) -> Path:
+def _task_argv(task: Task) -> list[str]:
+    """--task (and --labels for an explicit list) for the subcommands."""
+    if list(task.labels) == LABEL_SETS.get(task.name):
+        return ["--task", task.name]
+    return ["--task", task.name, "--labels", ",".join(task.labels)]
+
+
+def _feature_splits(task: Task, study: Path) -> list[str]:
+    """Feature stores a frozen run needs: train/val of its training source, then the tests."""
+    from qcxr.config import from_dict
+    from qcxr.train.data import TESTSETS, TRAIN_STORES, training_source
+
+    config = from_dict(
+        {"task": task.name, "labels": list(task.labels), "data": {"study": str(study)}}
+    )
+    return [*TRAIN_STORES[training_source(config)].values(), *TESTSETS.values()]
+
+
+def _grid_file(args: argparse.Namespace, task: Task, study: Path, features: Path) -> Path:
     grid = yaml.safe_load(args.config.read_text())
     grid.setdefault("grid", {})
-    grid["grid"]["task"] = [args.task]
+    grid["grid"]["task"] = [task.name]
+    if list(task.labels) != LABEL_SETS.get(task.name):
+        grid["labels"] = list(task.labels)
     grid["grid"]["train.seed"] = list(range(args.seeds))
     grid.setdefault("train", {})["mode"] = args.mode
     if args.epochs is not None:
@@ -103,39 +125,41 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     study, cache, features = out / "study", out / "cache", out / "features"
     resize = str(round(args.crop * 256 / 224))  # the paper's 256 -> 224 ratio
+    task = task_from_args(args)
+    task_argv = _task_argv(task)
 
     t = _stage("1/6 synthetic study in the NIH-CXR-LT and MIMIC-CXR-LT formats")
     if not (study / "nih").exists():
         _call(["synth", str(study), "--n-train", str(args.n_train), "--n-val", str(args.n_val),
                "--n-test", str(args.n_test), "--n-external", str(args.n_external),
-               "--size", str(args.size)])  # fmt: skip
+               "--size", str(args.size), *task_argv])  # fmt: skip
     else:
         print(f"   {study} exists, reused")
     print(f"   {time.perf_counter() - t:.0f} s")
 
     t = _stage("2/6 image cache (preprocess once: resize, center crop, uint8, zstd)")
-    _call(["cache", "build", "--study", str(study), "--cache", str(cache), "--task", args.task,
+    _call(["cache", "build", "--study", str(study), "--cache", str(cache), *task_argv,
            "--resize", resize, "--crop", str(args.crop)])  # fmt: skip
     print(f"   {time.perf_counter() - t:.0f} s")
 
     weights = _weights(args.weights)
     if args.mode == "frozen":
         t = _stage(f"3/6 frozen ResNet50 features ({weights})")
-        for split in SPLITS:
+        for split in _feature_splits(task, study):
             _call(["features", "--study", str(study), "--split", split, "--cache", str(cache),
-                   "--task", args.task, "--weights", weights,
+                   *task_argv, "--weights", weights,
                    "--out", str(features / f"{split}.safetensors")])  # fmt: skip
         print(f"   {time.perf_counter() - t:.0f} s")
     else:
         _stage("3/6 finetune mode: no feature store")
 
     t = _stage(f"4/6 train CDL and DQC heads, {args.seeds} seeds ({args.mode})")
-    grid = _grid_file(args, study, features)
+    grid = _grid_file(args, task, study, features)
     experiment = out / "runs"
     _call(["run", str(grid), "--out", str(experiment), "--set", f"model.weights={weights}"])
     print(f"   {time.perf_counter() - t:.0f} s")
 
-    t = _stage("5/6 evaluate on the internal (NIH) and external (MIMIC) test sets")
+    t = _stage("5/6 evaluate on the NIH and MIMIC test sets (internal: the training dataset's)")
     run_dirs = sorted(str(p.parent) for p in experiment.glob("*/*/seed-*/status.json"))
     _call(["evaluate", *run_dirs])
     print(f"   {time.perf_counter() - t:.0f} s")

@@ -7,7 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-SPLITS = ("train", "val", "test", "mimic")
+from qcxr.cli import add_task_arguments, task_from_args
+
+# NIH-CXR-LT train, val, test; MIMIC-CXR-LT test ("mimic") and, for studies that train on
+# MIMIC (labels NIH lacks), its train and val files. Store names: <split>.safetensors.
+SPLITS = ("train", "val", "test", "mimic", "mimic-train", "mimic-val")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--csv", type=Path, help="label CSV of the split (instead of --study)")
     data.add_argument("--images", type=Path, help="NIH image dir or MIMIC-CXR-JPG root")
     data.add_argument("--metadata", type=Path, help="MIMIC metadata CSV (frontal-view filter)")
-    data.add_argument("--task", default=config.task, help="label set (%(default)s)")
+    add_task_arguments(data, config.task)
     parser.add_argument(
         "--weights",
         default=config.model.weights,
@@ -61,9 +65,10 @@ def split_files(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     from qcxr.data.synthetic import study_paths
 
     study = study_paths(args.study)
-    if args.split == "mimic":
+    if args.split.startswith("mimic"):
+        split = args.split.removeprefix("mimic").removeprefix("-") or "test"
         return (
-            args.csv or study.mimic_csv,
+            args.csv or study.mimic_split_csv[split],
             args.images or study.mimic_root,
             args.metadata or study.mimic_metadata,
         )
@@ -74,12 +79,13 @@ def open_dataset(args: argparse.Namespace):
     from qcxr.data import datasets
 
     csv, images, metadata = split_files(args)
-    if args.split == "mimic":
-        # Labels are not used here: a label column absent from the MIMIC file is no obstacle.
+    task = task_from_args(args)
+    # Labels are not used here: a task label column absent from the file is no obstacle.
+    if args.split.startswith("mimic"):
         return datasets.MIMICCXRLT(
-            csv, images, args.task, metadata_csv=metadata, allow_missing_labels=True
+            csv, images, task, metadata_csv=metadata, allow_missing_labels=True
         )
-    return datasets.NIHCXRLT(csv, images, args.task)
+    return datasets.NIHCXRLT(csv, images, task, allow_missing_labels=True)
 
 
 def run_features(args: argparse.Namespace) -> int:

@@ -21,8 +21,39 @@ import time
 from pathlib import Path
 
 from qcxr.config import BenchConfig, ModelConfig, TrainConfig
+from qcxr.quantum.ansatz import ENTANGLERS
 
-BACKEND_NAMES = {"statevector": "qcxr statevector", "pennylane": "PennyLane default.qubit"}
+BACKEND_NAMES = {
+    "mps": "qcxr mps",
+    "statevector": "qcxr statevector",
+    "auto": "qcxr auto",
+    "pennylane": "PennyLane default.qubit",
+    "pennylane-tensor": "PennyLane default.tensor (quimb MPS)",
+    "cdl": "classical head (CDL), for scale",
+}
+# The head's (backend, PennyLane device) for each benchmarked backend.
+HEAD_BACKENDS = {
+    "mps": ("mps", None),
+    "statevector": ("statevector", None),
+    "auto": ("auto", None),
+    "pennylane": ("pennylane", "default.qubit"),
+    "pennylane-tensor": ("pennylane", "default.tensor"),
+}
+# Past these n a case is not started: 2^n amplitudes per sample (and PennyLane's per-gate
+# copies) exceed this machine's memory or any sensible time. Override with --max-qubits.
+MAX_QUBITS = {"statevector": 24, "pennylane": 20}
+
+
+def skip_reason(n: int, backend: str, max_qubits: dict[str, int]) -> str | None:
+    """Why a case is not run, or None."""
+    if n > max_qubits.get(backend, n):
+        return f"not run: n > {max_qubits[backend]} (2^n amplitudes per sample)"
+    if backend == "pennylane-tensor":
+        import importlib.util
+
+        if importlib.util.find_spec("quimb") is None:
+            return "not run: PennyLane default.tensor needs quimb (pip install quimb)"
+    return None
 
 
 def head_step(n: int, backend: str, batch: int, layers: int, entangler: str):
@@ -31,9 +62,13 @@ def head_step(n: int, backend: str, batch: int, layers: int, entangler: str):
     import jax.numpy as jnp
     import optax
 
-    from qcxr.models.heads import DressedQuantumHead
+    from qcxr.models.heads import ClassicalHead, DressedQuantumHead
 
-    model = DressedQuantumHead(n, layers, entangler, backend)
+    if backend == "cdl":
+        model = ClassicalHead(n)
+    else:
+        head_backend, device = HEAD_BACKENDS[backend]
+        model = DressedQuantumHead(n, layers, entangler, head_backend, device)
     features = jax.random.normal(jax.random.PRNGKey(1), (batch, 2048), jnp.float32)
     labels = (jax.random.uniform(jax.random.PRNGKey(2), (batch, n)) < 0.2).astype(jnp.float32)
     params = model.init(jax.random.PRNGKey(0), features)["params"]
@@ -51,11 +86,13 @@ def head_step(n: int, backend: str, batch: int, layers: int, entangler: str):
     return step, (params, optimizer.init(params)), (features, labels)
 
 
-def time_case(n: int, backend: str, batch: int, layers: int, warmup: int, steps: int) -> dict:
+def time_case(
+    n: int, backend: str, batch: int, layers: int, warmup: int, steps: int, entangler: str = "ring"
+) -> dict:
     """Compile + first step, then `warmup` untimed and `steps` timed steps, in this process."""
     import jax
 
-    step, (params, opt_state), (x, y) = head_step(n, backend, batch, layers, "ring")
+    step, (params, opt_state), (x, y) = head_step(n, backend, batch, layers, entangler)
     start = time.perf_counter()
     params, opt_state, loss = step(params, opt_state, x, y)
     jax.block_until_ready(loss)
@@ -75,6 +112,7 @@ def time_case(n: int, backend: str, batch: int, layers: int, warmup: int, steps:
         "backend": backend,
         "batch": batch,
         "layers": layers,
+        "entangler": entangler,
         "compile_first_s": first,
         "step_times_s": times,
         "peak_rss_mb": peak_kb / 1024,
@@ -87,9 +125,12 @@ def run_case_subprocess(n: int, backend: str, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable, "-m", "qcxr.bench.quantum", "--case", str(n), backend,
         "--batch", str(args.batch), "--layers", str(args.layers),
-        "--warmup", str(args.warmup), "--steps", str(args.steps),
+        "--warmup", str(args.warmup), "--steps", str(args.steps), "--entangler", args.entangler,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"n": n, "backend": backend, "error": f"did not finish in {args.timeout:.0f} s"}
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"n": n, "backend": backend, "error": " | ".join(tail) or f"exit {proc.returncode}"}
@@ -139,7 +180,8 @@ def markdown(rows: list[dict], env: dict, args: argparse.Namespace) -> str:
         "",
         f"Machine: {env['machine']}; device {env['device']}; Python {env['python']}, "
         f"JAX {env['jax']}, PennyLane {env['pennylane']}.",
-        f"Step: features (B={args.batch}, 2048) -> DQC head (L={args.layers}, ring) -> mean BCE "
+        f"Step: features (B={args.batch}, 2048) -> DQC head (L={args.layers}, {args.entangler}) "
+        "-> mean BCE "
         f"-> grads -> Adam; {args.warmup} warm-up then {args.steps} timed steps (jit).",
         *(
             [f"PennyLane: at most {args.pennylane_max_steps} warm-up and timed steps each."]
@@ -159,7 +201,7 @@ def markdown(rows: list[dict], env: dict, args: argparse.Namespace) -> str:
             if "error" in row:
                 lines.append(f"| {n} | {BACKEND_NAMES[backend]} | failed: {row['error']} | | | |")
                 continue
-            speedup = f"{ref / row['mean_s']:.1f}x" if ref and backend != "pennylane" else ""
+            speedup = f"{ref / row['mean_s']:.0f}x" if ref and backend != "pennylane" else ""
             lines.append(
                 f"| {n} | {BACKEND_NAMES[backend]} | {row['mean_s']:.4f} +- {row['std_s']:.4f} "
                 f"| {row['compile_first_s']:.2f} | {row['peak_rss_mb']:.0f} | {speedup} |"
@@ -170,8 +212,11 @@ def markdown(rows: list[dict], env: dict, args: argparse.Namespace) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench = BenchConfig()
     parser.add_argument("--qubits", type=int, nargs="+", default=[8, 14, 19])
-    parser.add_argument("--backends", nargs="+", default=["statevector", "pennylane"],
+    parser.add_argument("--backends", nargs="+", default=["mps", "statevector", "pennylane"],
                         choices=list(BACKEND_NAMES))  # fmt: skip
+    parser.add_argument("--entangler", default=ModelConfig().entangler, choices=ENTANGLERS)
+    parser.add_argument("--max-qubits", nargs=2, action="append", metavar=("BACKEND", "N"),
+                        help="run BACKEND up to N qubits (defaults: statevector 24, pennylane 20)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=TrainConfig().batch_size)
     parser.add_argument("--layers", type=int, default=ModelConfig().num_layers)
     parser.add_argument("--warmup", type=int, default=bench.warmup)
@@ -185,11 +230,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     env = environment()
+    max_qubits = {**MAX_QUBITS, **{b: int(m) for b, m in args.max_qubits or []}}
     rows = []
     for n in args.qubits:
         for backend in args.backends:
+            reason = skip_reason(n, backend, max_qubits)
+            if reason:
+                print(f"[bench quantum] n={n} {backend}: {reason}", file=sys.stderr, flush=True)
+                rows.append({"n": n, "backend": backend, "error": reason})
+                continue
             case_args = argparse.Namespace(**vars(args))
-            if backend == "pennylane" and args.pennylane_max_steps is not None:
+            if backend.startswith("pennylane") and args.pennylane_max_steps is not None:
                 case_args.warmup = min(args.warmup, args.pennylane_max_steps)
                 case_args.steps = min(args.steps, args.pennylane_max_steps)
             print(f"[bench quantum] n={n} {backend} ...", file=sys.stderr, flush=True)
@@ -230,9 +281,10 @@ def _main_case(argv: list[str]) -> None:
     parser.add_argument("--layers", type=int)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--entangler", default="ring")
     args = parser.parse_args(argv)
     n, backend = int(args.case[0]), args.case[1]
-    result = time_case(n, backend, args.batch, args.layers, args.warmup, args.steps)
+    result = time_case(n, backend, args.batch, args.layers, args.warmup, args.steps, args.entangler)
     print(json.dumps(result))
 
 

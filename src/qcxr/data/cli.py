@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from qcxr.cli import add_task_arguments, task_from_args
 from qcxr.config import DataConfig
 
 _DEFAULTS = DataConfig()
@@ -27,13 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--size", type=int, default=256, help="image height in pixels")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--no-progress", action="store_true")
+    add_task_arguments(synth, "nih20")
+    synth.add_argument("--extra-labels", type=int, default=0, metavar="N",
+                       help="N synthetic labels (Finding 01, ...) after the task's, long-tailed; "
+                       "with labels NIH lacks, the study gets MIMIC train/val files")  # fmt: skip
     synth.set_defaults(func=run_synth)
 
     labels = subparsers.add_parser("labels", help="label files")
     labels_sub = labels.add_subparsers(dest="labels_command", metavar="COMMAND", required=True)
     stats = labels_sub.add_parser("stats", help="counts per label and split, as in Table I")
     stats.add_argument("csv", nargs="+", type=Path, help="label CSV files (one column each)")
-    stats.add_argument("--task", default="cxr19", choices=["cxr8", "cxr14", "cxr19"])
+    add_task_arguments(stats, "cxr19")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(func=run_labels_stats)
 
@@ -47,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--mimic-csv", type=Path, help="MIMIC-CXR-LT label CSV")
     build.add_argument("--mimic-root", type=Path, help="MIMIC-CXR-JPG root for --mimic-csv")
     build.add_argument("--mimic-metadata", type=Path, help="metadata CSV: frontal views only")
-    build.add_argument("--task", default="cxr19", help="label set the readers check")
+    add_task_arguments(build, "cxr19")
     build.add_argument("--threads", type=int, default=_DEFAULTS.loader_threads)
     build.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
     build.add_argument("--report", type=Path, help="skipped-files report (default: CACHE/...)")
@@ -71,8 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     from qcxr.data.synthetic import generate_study
 
+    if args.extra_labels < 0:
+        raise ValueError("--extra-labels must be >= 0")
     paths = generate_study(
         args.out,
+        task=task_from_args(args),
+        extra_labels=args.extra_labels,
         n_train=args.n_train,
         n_val=args.n_val,
         n_test=args.n_test,
@@ -84,17 +93,23 @@ def run_synth(args: argparse.Namespace) -> int:
     print(f"wrote synthetic study to {paths.root}")
     for split, csv in paths.nih_csv.items():
         print(f"  nih {split}: {csv}")
-    print(f"  mimic: {paths.mimic_csv} (metadata {paths.mimic_metadata})")
+    for split, csv in paths.mimic_split_csv.items():
+        if csv.is_file():
+            print(f"  mimic {split}: {csv}")
+    print(f"  mimic metadata: {paths.mimic_metadata}")
+    count = len(paths.labels_file.read_text().splitlines())
+    print(f"  labels ({count}): {paths.labels_file}")
     return 0
 
 
 def run_labels_stats(args: argparse.Namespace) -> int:
     from qcxr.data.datasets import file_checksum, label_stats
 
-    table = label_stats(args.csv, args.task)
+    task = task_from_args(args)
+    table = label_stats(args.csv, task)
     if args.json:
         out = {
-            "task": args.task,
+            "task": task.name,
             "files": {str(p): file_checksum(p) for p in args.csv},
             "counts": {label: row.to_dict() for label, row in table.iterrows()},
         }
@@ -110,26 +125,28 @@ def build_sources(args: argparse.Namespace) -> list:
     from qcxr.data.synthetic import study_paths
 
     sources = []
+    task = task_from_args(args)
     csvs, images = list(args.csv), args.images
-    mimic_csv, mimic_root, metadata = args.mimic_csv, args.mimic_root, args.mimic_metadata
+    mimic_csvs, mimic_root = [args.mimic_csv] if args.mimic_csv else [], args.mimic_root
+    metadata = args.mimic_metadata
     if args.study is not None:
         study = study_paths(args.study)
         csvs += [p for p in study.nih_csv.values() if p.is_file()]
         images = images or study.nih_images
-        if study.mimic_csv.is_file():
-            mimic_csv, mimic_root = mimic_csv or study.mimic_csv, mimic_root or study.mimic_root
+        mimic_csvs += [p for p in study.mimic_split_csv.values() if p.is_file()]
+        if mimic_csvs:
+            mimic_root = mimic_root or study.mimic_root
             if metadata is None and study.mimic_metadata.is_file():
                 metadata = study.mimic_metadata
     if csvs and images is None:
         raise ValueError("--csv needs --images (the NIH image directory)")
+    # Images only: a task label a file lacks is no obstacle here (NaN labels).
     for csv in csvs:
-        sources.append(NIHCXRLT(csv, images, args.task, check_files=False))
-    if mimic_csv is not None:
-        if mimic_root is None:
-            raise ValueError("--mimic-csv needs --mimic-root (the MIMIC-CXR-JPG root)")
-        sources.append(
-            MIMICCXRLT(mimic_csv, mimic_root, args.task, metadata, True, check_files=False)
-        )
+        sources.append(NIHCXRLT(csv, images, task, check_files=False, allow_missing_labels=True))
+    if mimic_csvs and mimic_root is None:
+        raise ValueError("--mimic-csv needs --mimic-root (the MIMIC-CXR-JPG root)")
+    for csv in mimic_csvs:
+        sources.append(MIMICCXRLT(csv, mimic_root, task, metadata, True, check_files=False))
     if not sources:
         raise ValueError("nothing to build: give --study, --csv with --images, or --mimic-csv")
     return sources

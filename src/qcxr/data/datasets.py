@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qcxr.labels import canonical, task_labels
+from qcxr.labels import Task, canonical, resolve_task, spellings
 
 FRONTAL_VIEWS = ("PA", "AP")
 NIH_SPLITS = ("train", "val", "test")
@@ -59,6 +59,40 @@ def label_columns(frame: pd.DataFrame, path: Path) -> dict[str, str]:
             raise ValueError(f"{path}: columns {mapping[name]!r} and {column!r} are the same label")
         mapping[name] = column
     return mapping
+
+
+def file_labels(path: str | Path) -> list[str]:
+    """Canonical names of every column of a label file (its header only; ids included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: label file not found")
+    return [canonical(c) for c in pd.read_csv(path, nrows=0).columns]
+
+
+def missing_message(path: Path, task: Task, absent: list[str]) -> str:
+    """`path` lacks these task labels: the error text every reader and the stats share."""
+    shown = ", ".join(spellings(name) for name in absent)
+    return f"{path}: lacks task {task.name} label(s) [{shown}]"
+
+
+def task_label_values(
+    frame: pd.DataFrame, path: Path, task: Task, allow_missing: bool, hint: str = ""
+) -> tuple[np.ndarray, list[str]]:
+    """float32 (N, n) labels in task order and the task labels the file lacks (NaN columns).
+
+    A lacking label is an error naming the file and the labels, unless `allow_missing`.
+    """
+    names = list(task.labels)
+    by_name = label_columns(frame, path)
+    absent = [name for name in names if name not in by_name]
+    if absent and not allow_missing:
+        raise ValueError(missing_message(path, task, absent) + hint)
+    present = [n for n in names if n in by_name]
+    labels = np.full((len(frame), len(names)), np.nan, np.float32)
+    if present:
+        values = binary_labels(frame, [by_name[n] for n in present], path)
+        labels[:, [names.index(n) for n in present]] = values
+    return labels, absent
 
 
 def binary_labels(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
@@ -137,22 +171,30 @@ class LabeledImages:
 
 
 def NIHCXRLT(
-    csv_path: str | Path, image_dir: str | Path, task: str, *, check_files: bool = True
+    csv_path: str | Path,
+    image_dir: str | Path,
+    task: str | Task,
+    *,
+    check_files: bool = True,
+    allow_missing_labels: bool = False,
 ) -> LabeledImages:
-    """An NIH-CXR-LT split: `id` column + label columns (any alias) + images in `image_dir`."""
+    """An NIH-CXR-LT split: `id` column + label columns (any alias) + images in `image_dir`.
+
+    `task` is a built-in set name or a `qcxr.labels.Task`. A task label the file lacks (cxr26's
+    MIMIC-only labels, say) is an error naming it, unless `allow_missing_labels` (external
+    test sets, feature extraction), which keeps it as NaN.
+    """
     csv_path, image_dir = Path(csv_path), Path(image_dir)
-    names = task_labels(task)
+    task = resolve_task(task)
     frame = read_label_csv(csv_path, ["id"])
-    by_name = label_columns(frame, csv_path)
-    absent = [name for name in names if name not in by_name]
-    if absent:
-        raise ValueError(f"{csv_path}: missing required column(s) {absent} for task {task}")
     ids = unique_ids(frame["id"].str.strip(), csv_path, "id")
-    labels = binary_labels(frame, [by_name[n] for n in names], csv_path)
+    labels, absent = task_label_values(frame, csv_path, task, allow_missing_labels)
     paths = [image_dir / i for i in ids]
     if check_files:
         check_images(paths, csv_path)
-    return LabeledImages(ids, paths, labels, names, csv_path, file_checksum(csv_path))
+    return LabeledImages(
+        ids, paths, labels, list(task.labels), csv_path, file_checksum(csv_path), absent
+    )
 
 
 def frontal_dicom_ids(metadata_csv: str | Path) -> set[str]:
@@ -166,7 +208,7 @@ def frontal_dicom_ids(metadata_csv: str | Path) -> set[str]:
 def MIMICCXRLT(
     csv_path: str | Path,
     image_root: str | Path,
-    task: str,
+    task: str | Task,
     metadata_csv: str | Path | None = None,
     allow_missing_labels: bool = False,
     *,
@@ -179,18 +221,16 @@ def MIMICCXRLT(
     keeps the label as NaN (to be skipped by the metrics).
     """
     csv_path, image_root = Path(csv_path), Path(image_root)
-    names = task_labels(task)
+    task = resolve_task(task)
     frame = read_label_csv(csv_path, [])
     path_column = next((c for c in ("path", "fpath") if c in frame.columns), None)
     if path_column is None:
         raise ValueError(f"{csv_path}: missing required column 'path' (or 'fpath')")
-    by_name = label_columns(frame, csv_path)
-    absent = [name for name in names if name not in by_name]
-    if absent and not allow_missing_labels:
-        raise ValueError(
-            f"{csv_path}: lacks task {task} label(s) {absent}; pass allow_missing_labels "
-            "(--allow-missing-labels) to evaluate on the labels the file has"
-        )
+    hint = (
+        "; pass allow_missing_labels (--allow-missing-labels) to evaluate on the labels the "
+        "file has"
+    )
+    task_label_values(frame.iloc[:0], csv_path, task, allow_missing_labels, hint)
     rel = frame[path_column].str.strip()
     dicom = (
         frame["dicom_id"].str.strip() if "dicom_id" in frame else rel.map(lambda p: Path(p).stem)
@@ -200,16 +240,12 @@ def MIMICCXRLT(
         frame, rel, dicom = frame[keep], rel[keep], dicom[keep]
     ids = unique_ids(dicom.reset_index(drop=True), csv_path, "dicom_id")
     frame = frame.reset_index(drop=True)
-    present = [n for n in names if n in by_name]
-    labels = np.full((len(frame), len(names)), np.nan, np.float32)
-    if present:
-        values = binary_labels(frame, [by_name[n] for n in present], csv_path)
-        labels[:, [names.index(n) for n in present]] = values
+    labels, absent = task_label_values(frame, csv_path, task, True)
     paths = [image_root / p for p in rel]
     if check_files:
         check_images(paths, csv_path)
     return LabeledImages(
-        ids, paths, labels, names, csv_path, file_checksum(csv_path), missing_labels=absent
+        ids, paths, labels, list(task.labels), csv_path, file_checksum(csv_path), absent
     )
 
 
@@ -222,18 +258,15 @@ def split_name(path: str | Path) -> str:
     return stem
 
 
-def label_stats(csv_paths: list[str | Path], task: str = "cxr19") -> pd.DataFrame:
+def label_stats(csv_paths: list[str | Path], task: str | Task = "cxr19") -> pd.DataFrame:
     """Positive counts per label (rows, by occurrence) and file (columns), plus Total; Table I."""
-    names = task_labels(task)
+    task = resolve_task(task)
+    names = list(task.labels)
     counts: dict[str, list[int]] = {}
     for path in csv_paths:
         path = Path(path)
         frame = read_label_csv(path, [])
-        by_name = label_columns(frame, path)
-        absent = [n for n in names if n not in by_name]
-        if absent:
-            raise ValueError(f"{path}: missing label column(s) {absent} for task {task}")
-        values = binary_labels(frame, [by_name[n] for n in names], path)
+        values, _ = task_label_values(frame, path, task, allow_missing=False)
         column = split_name(path)
         if column in counts:
             column = str(path)

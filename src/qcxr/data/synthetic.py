@@ -9,13 +9,19 @@ a CNN, even one with random weights, so a linear head on pooled ResNet50 feature
 them; rare labels stay hard because they have few examples. The external set is rendered with a
 shifted appearance (gamma, contrast, noise, a wider field of view, non-square JPEGs) and includes
 lateral views that its metadata marks for filtering.
+
+Label sets beyond NIH-CXR-LT's 20 classes (cxr26, explicit lists, `extra_labels`): the study also
+gets MIMIC-CXR-LT train and val files in the CXR-LT 2023 layout (the test file's), whose columns
+are the 26 classes plus any extra synthetic labels. Labels without an NIH counterpart are drawn
+at long-tailed prevalences and, in such a study, leave a texture of their own too, so every
+label of its set can be learned.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from qcxr.data.datasets import nih_label_file
-from qcxr.labels import CXR19
+from qcxr.labels import CXR19, CXR26, NIH20, Task, canonical, resolve_task
 
 # CXR-LT 2023 (26 classes) in MIMIC spelling; No Finding last as in the challenge files.
 MIMIC_26 = (
@@ -63,6 +69,8 @@ MIMIC_ONLY_RATES = {  # labels with no NIH counterpart: no image trace, plausibl
     "Pleural Other": 0.01,
     "Support Devices": 0.15,
 }
+EXTRA_RATE, EXTRA_DECAY = 0.12, 0.8  # extra label k: prevalence 0.12 * 0.8**k (long tail)
+MIMIC_SUBJECT_BASE = {"test": 10_000_000, "train": 11_000_000, "val": 12_000_000}
 METADATA_COLUMNS = (
     "dicom_id",
     "subject_id",
@@ -90,8 +98,8 @@ class Texture:
     angle: float  # degrees
 
 
-def label_textures() -> dict[str, Texture]:
-    """One distinct texture per NIH label (CXR19 order)."""
+def label_textures(others: list[str] | tuple[str, ...] = ()) -> dict[str, Texture]:
+    """One distinct texture per NIH label (CXR19 order), then one per label of `others`."""
     specs = [  # mid frequencies (16-36 cycles) survive a random ResNet50 best
         ("grating", 24, 0),
         ("checker", 12, 0),
@@ -113,7 +121,12 @@ def label_textures() -> dict[str, Texture]:
         ("rings", 20, 0),
         ("rings", 12, 0),
     ]
-    return {name: Texture(*spec) for name, spec in zip(CXR19, specs, strict=True)}
+    textures = {name: Texture(*spec) for name, spec in zip(CXR19, specs, strict=True)}
+    families = ("grating", "checker", "dots", "rings")
+    extra = [n for n in others if n not in textures and n != "No Finding"]
+    for k, name in enumerate(extra):
+        textures[name] = Texture(families[k % 4], 12 + (7 * k) % 26, (47 * k) % 180)
+    return textures
 
 
 @dataclass(frozen=True)
@@ -123,14 +136,17 @@ class StudyPaths:
     nih_images: Path
     nih_csv: dict[str, Path]  # split -> label file (train, val, test)
     mimic_root: Path
-    mimic_csv: Path
+    mimic_csv: Path  # the test split: the external test set of an NIH-trained study
     mimic_metadata: Path
+    mimic_split_csv: dict[str, Path]  # split -> CXR-LT 2023 label file (train, val: when written)
+    labels_file: Path  # the study's label set, one per line (`--labels-file` of `qcxr train`)
 
 
 def study_paths(root: str | Path) -> StudyPaths:
     """The paths of a study at `root` in the synthetic (= real) layout; nothing is checked."""
     root = Path(root)
     nih, mimic = root / "nih", root / "mimic"
+    mimic_csv = {s: mimic / f"cxr-lt-2023_mimic_{s}.csv" for s in ("train", "val", "test")}
     return StudyPaths(
         root=root,
         nih_dir=nih,
@@ -139,8 +155,10 @@ def study_paths(root: str | Path) -> StudyPaths:
             s: nih / f"miccai2023_nih-cxr-lt_labels_{s}.csv" for s in ("train", "val", "test")
         },
         mimic_root=mimic,
-        mimic_csv=mimic / "cxr-lt-2023_mimic_test.csv",
+        mimic_csv=mimic_csv["test"],
         mimic_metadata=mimic / "mimic-cxr-2.0.0-metadata.csv",
+        mimic_split_csv=mimic_csv,
+        labels_file=root / "labels.txt",
     )
 
 
@@ -187,13 +205,13 @@ class Renderer:
 
     BANK = 16  # anatomy variants per (view, field of view)
 
-    def __init__(self, height: int, width: int, seed: int = 0):
+    def __init__(self, height: int, width: int, seed: int = 0, labels: tuple[str, ...] = ()):
         self.height, self.width = height, width
         # x in [-w/h, w/h] so shapes stay round on non-square images; y in [-1, 1].
         aspect = width / height
         self.y = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
         self.x = np.linspace(-aspect, aspect, width, dtype=np.float32)[None, :]
-        self.textures = label_textures()
+        self.textures = label_textures(labels)
         self.seed = seed
         self.banks: dict[tuple, list[tuple[float, np.ndarray]]] = {}
         field_rng = np.random.default_rng([seed, 1])
@@ -349,90 +367,159 @@ def dicom_id(rng: np.random.Generator) -> str:
     return "-".join(f"{int(p):08x}" for p in parts)
 
 
-def mimic_labels(source: pd.Series, rng: np.random.Generator) -> dict[str, int]:
-    """26-class CXR-LT 2023 labels (MIMIC names) for one real NIH label row."""
+@dataclass(frozen=True)
+class StudyLabels:
+    """What a study is generated for: its label set, the extra synthetic labels among them, and
+    whether it needs MIMIC train/val files (any label NIH-CXR-LT lacks)."""
+
+    labels: tuple[str, ...]  # canonical names, the study's qubit order (labels.txt)
+    extra_rates: dict[str, float]  # labels with no NIH or CXR-LT 2023 counterpart -> prevalence
+
+    @property
+    def mimic_training(self) -> bool:
+        return not set(self.labels) <= set(NIH20)
+
+
+def study_labels(task: str | Task = "nih20", extra_labels: int = 0) -> StudyLabels:
+    """The label set of a study for `task` plus `extra_labels` generated ones ("Finding 01"...)."""
+    base = resolve_task(task).labels
+    width = len(str(max(extra_labels, 1)))
+    generated = tuple(f"Finding {k + 1:0{width}d}" for k in range(extra_labels))
+    clash = sorted(set(generated) & set(base))
+    if clash:
+        raise ValueError(f"generated extra labels {clash} are already in task labels")
+    labels = base + generated
+    extras = [n for n in labels if n not in CXR26]
+    rates = {name: EXTRA_RATE * EXTRA_DECAY**k for k, name in enumerate(extras)}
+    return StudyLabels(labels, rates)
+
+
+def mimic_labels(
+    source: pd.Series, rng: np.random.Generator, extra_rates: dict[str, float] | None = None
+) -> dict[str, int]:
+    """26-class CXR-LT 2023 labels (MIMIC names), then extra labels, for one real NIH row."""
     out = {"Pleural Effusion" if n == "Effusion" else n: int(source[n]) for n in CXR19}
     for name, rate in MIMIC_ONLY_RATES.items():
         out[name] = int(rng.random() < rate)
     if out["Consolidation"] or out["Infiltration"] or out["Pneumonia"]:
         out["Lung Opacity"] = int(rng.random() < 0.6)
+    for name, rate in (extra_rates or {}).items():
+        out[name] = int(rng.random() < rate)
     out["No Finding"] = int(not any(out.values()))
     return out
 
 
+def mimic_findings(labels: dict[str, int], source: pd.Series, every_label: bool) -> list[str]:
+    """Labels rendered as textures: NIH findings, plus every other positive in a study that
+    trains on MIMIC (canonical names)."""
+    findings = nih_findings(source[list(CXR19)].to_numpy())
+    if every_label:
+        nih = set(findings) | {"No Finding"}
+        findings += [canonical(n) for n, v in labels.items() if v and canonical(n) not in nih]
+    return findings
+
+
+def metadata_row(dicom: str, subject: int, study: int, view: str, pixels: np.ndarray, rng):
+    is_lateral = view in ("LATERAL", "LL")
+    return {
+        "dicom_id": dicom,
+        "subject_id": subject,
+        "study_id": study,
+        "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+        "ViewPosition": view,
+        "Rows": pixels.shape[0],
+        "Columns": pixels.shape[1],
+        "StudyDate": 21000101 + int(rng.integers(0, 1000)),
+        "StudyTime": f"{int(rng.integers(0, 240000)):06d}.000",
+        "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
+        "ViewCodeSequence_CodeMeaning": "lateral"
+        if is_lateral
+        else ("postero-anterior" if view == "PA" else "antero-posterior"),
+        "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+    }
+
+
+@dataclass
+class MimicWriter:
+    """Writes MIMIC-CXR-JPG images and CXR-LT 2023 label rows, split by split."""
+
+    pool: pd.DataFrame
+    paths: StudyPaths
+    renderers: tuple[Renderer, Renderer]  # frontal, lateral
+    labels: StudyLabels
+    progress: tqdm
+    meta_rows: list[dict] = field(default_factory=list)
+
+    def view_image(self, view: str, findings: list[str], rng: np.random.Generator) -> np.ndarray:
+        is_lateral = view in ("LATERAL", "LL")
+        renderer = self.renderers[1] if is_lateral else self.renderers[0]
+        return renderer.render(
+            findings,
+            rng,
+            scale=(0.78, 0.9),
+            lateral=is_lateral,
+            noise=0.045,
+            gamma=rng.uniform(0.7, 0.9),
+            contrast=rng.uniform(1.1, 1.3),
+        )
+
+    def view(self, view: str, findings: list[str], ids: tuple[int, int], rng) -> tuple[str, Path]:
+        """Render and save one view of a study; its dicom_id and path under the MIMIC root."""
+        subject, study = ids
+        pixels = self.view_image(view, findings, rng)
+        dicom = dicom_id(rng)
+        rel = Path("files") / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}"
+        (self.paths.mimic_root / rel).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels, "L").save(self.paths.mimic_root / rel / f"{dicom}.jpg", quality=90)
+        self.meta_rows.append(metadata_row(dicom, subject, study, view, pixels, rng))
+        return dicom, rel / f"{dicom}.jpg"
+
+    def split(self, patients: list[np.ndarray], rng: np.random.Generator, base: int) -> list:
+        """Label rows of one split (its metadata rows go to `meta_rows`)."""
+        extra = self.labels.extra_rates
+        columns = [*MIMIC_26, *extra]
+        rows = []
+        subject = base + int(rng.integers(0, 100_000))
+        study = 50_000_000 + int(rng.integers(0, 100_000))
+        for patient in patients:
+            subject += int(rng.integers(1, 50))
+            for index in patient:
+                study += int(rng.integers(1, 50))
+                source = self.pool.iloc[index]
+                labels = mimic_labels(source, rng, extra)
+                findings = mimic_findings(labels, source, self.labels.mimic_training)
+                views = ["PA" if rng.random() < 0.6 else "AP"]
+                if rng.random() < LATERAL_FRACTION:
+                    views.append("LATERAL" if rng.random() < 0.7 else "LL")
+                for view in views:
+                    dicom, path = self.view(view, findings, (subject, study), rng)
+                    ids = {"dicom_id": dicom, "subject_id": subject, "study_id": study}
+                    rows.append({**ids, **{n: labels[n] for n in columns}, "path": str(path)})
+                self.progress.update()
+        return rows
+
+
 def write_mimic(
     pool: pd.DataFrame,
-    patients: list[np.ndarray],
+    splits: dict[str, list[np.ndarray]],
     paths: StudyPaths,
     image_size: int,
     seed: int,
     progress: tqdm,
+    labels: StudyLabels | None = None,
 ) -> None:
-    """External set: MIMIC-CXR-JPG layout, CXR-LT 2023 label file and metadata with laterals."""
-    rng = np.random.default_rng([seed, 26])
+    """MIMIC-CXR-JPG layout: a CXR-LT 2023 label file per split (test: the external set) and
+    one metadata file with laterals for all of them."""
+    labels = labels or study_labels()
     height, width = image_size, int(round(image_size * 1.15))
-    frontal, lateral = Renderer(height, width, seed), Renderer(height, height, seed)
-    label_rows, meta_rows = [], []
-    subject = 10_000_000 + int(rng.integers(0, 100_000))
-    study = 50_000_000 + int(rng.integers(0, 100_000))
-    for patient in patients:
-        subject += int(rng.integers(1, 50))
-        for index in patient:
-            study += int(rng.integers(1, 50))
-            source = pool.iloc[index]
-            labels = mimic_labels(source, rng)
-            findings = nih_findings(source[list(CXR19)].to_numpy())
-            views = ["PA" if rng.random() < 0.6 else "AP"]
-            if rng.random() < LATERAL_FRACTION:
-                views.append("LATERAL" if rng.random() < 0.7 else "LL")
-            for view in views:
-                is_lateral = view in ("LATERAL", "LL")
-                renderer = lateral if is_lateral else frontal
-                pixels = renderer.render(
-                    findings,
-                    rng,
-                    scale=(0.78, 0.9),
-                    lateral=is_lateral,
-                    noise=0.045,
-                    gamma=rng.uniform(0.7, 0.9),
-                    contrast=rng.uniform(1.1, 1.3),
-                )
-                dicom = dicom_id(rng)
-                rel = Path("files") / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}"
-                (paths.mimic_root / rel).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels, "L").save(
-                    paths.mimic_root / rel / f"{dicom}.jpg", quality=90
-                )
-                label_rows.append(
-                    {
-                        "dicom_id": dicom,
-                        "subject_id": subject,
-                        "study_id": study,
-                        **{n: labels[n] for n in MIMIC_26},
-                        "path": str(rel / f"{dicom}.jpg"),
-                    }
-                )
-                meta_rows.append(
-                    {
-                        "dicom_id": dicom,
-                        "subject_id": subject,
-                        "study_id": study,
-                        "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
-                        "ViewPosition": view,
-                        "Rows": pixels.shape[0],
-                        "Columns": pixels.shape[1],
-                        "StudyDate": 21000101 + int(rng.integers(0, 1000)),
-                        "StudyTime": f"{int(rng.integers(0, 240000)):06d}.000",
-                        "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
-                        "ViewCodeSequence_CodeMeaning": "lateral"
-                        if is_lateral
-                        else ("postero-anterior" if view == "PA" else "antero-posterior"),
-                        "PatientOrientationCodeSequence_CodeMeaning": "Erect",
-                    }
-                )
-            progress.update()
-    pd.DataFrame(label_rows).to_csv(paths.mimic_csv, index=False)
-    pd.DataFrame(meta_rows, columns=list(METADATA_COLUMNS)).to_csv(
+    textures = labels.labels if labels.mimic_training else ()
+    renderers = (Renderer(height, width, seed, textures), Renderer(height, height, seed, textures))
+    writer = MimicWriter(pool, paths, renderers, labels, progress)
+    for k, (split, patients) in enumerate(splits.items()):
+        rng = np.random.default_rng([seed, 26] if split == "test" else [seed, 26, k])
+        rows = writer.split(patients, rng, MIMIC_SUBJECT_BASE[split])
+        pd.DataFrame(rows).to_csv(paths.mimic_split_csv[split], index=False)
+    pd.DataFrame(writer.meta_rows, columns=list(METADATA_COLUMNS)).to_csv(
         paths.mimic_metadata, index=False
     )
 
@@ -447,22 +534,31 @@ def generate_study(
     image_size: int = 256,
     seed: int = 0,
     progress: bool = True,
+    task: str | Task = "nih20",
+    extra_labels: int = 0,
 ) -> StudyPaths:
     """Write a synthetic study at `root` (layout of `study_paths`); deterministic for a seed.
 
     `n_mimic` counts external studies: each has one frontal image and, for about 15% of them,
     a lateral one too (filtered by the metadata, as the paper filtered MIMIC's test set).
+    A `task` with labels NIH-CXR-LT lacks, or `extra_labels` > 0 (synthetic labels "Finding
+    01", ... appended to the task's), adds MIMIC train and val files of n_train and n_val
+    studies; labels.txt lists the study's label set either way.
     """
+    labels = study_labels(task, extra_labels)
     paths = study_paths(root)
     paths.nih_images.mkdir(parents=True, exist_ok=True)
     paths.mimic_root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     pool = real_label_rows()
     splits = {"train": n_train, "val": n_val, "test": n_test}
-    drawn = draw_patients(pool, [*splits.values(), n_mimic], rng)
+    mimic_sizes = {"test": n_mimic}
+    if labels.mimic_training:
+        mimic_sizes.update(train=n_train, val=n_val)
+    drawn = draw_patients(pool, [*splits.values(), *mimic_sizes.values()], rng)
     renderer = Renderer(image_size, image_size, seed)
     subject = 1
-    total = sum(splits.values()) + n_mimic
+    total = sum(splits.values()) + sum(mimic_sizes.values())
     with tqdm(total=total, desc="synth", unit="img", disable=not progress) as bar:
         for (split, _), patients in zip(splits.items(), drawn[:3], strict=True):
             split_rng = np.random.default_rng([seed, len(split), ord(split[0])])
@@ -476,5 +572,7 @@ def generate_study(
                 split_rng,
                 bar,
             )
-        write_mimic(pool, drawn[3], paths, image_size, seed, bar)
+        mimic = dict(zip(mimic_sizes, drawn[3:], strict=True))
+        write_mimic(pool, mimic, paths, image_size, seed, bar, labels)
+    paths.labels_file.write_text("".join(f"{name}\n" for name in labels.labels))
     return paths

@@ -3,7 +3,9 @@
 - `loss_curves`      Fig. 4: train loss per step and validation loss per epoch, mean +- std band
                      over seeds, CDL against DQC.
 - `mean_auroc_bars`  Fig. 5: mean AUROC per task and test set, with significance marks.
-- `label_auroc_bars` Figs. 6-11: per-label AUROC sorted by occurrence (Table I), with marks.
+- `label_auroc_bars` Figs. 6-11: per-label AUROC sorted by occurrence (Table I), with marks;
+                     beyond HORIZONTAL_FROM labels the bars lie horizontally, one row per label,
+                     the figure growing in height, so 45 labels stay readable.
 - `volcano`          Figs. 12-13: -log10 p against log2 % diff. AUROC, dashed line at p = 0.05.
 - `benchmark_bars`   Table III as bars, when benchmark results exist.
 
@@ -32,6 +34,7 @@ from qcxr.labels import by_occurrence  # noqa: E402
 COLORS = {"cdl": "#1f77b4", "dqc": "#ff7f0e"}
 NAMES = {"cdl": "CDL", "dqc": "DQC"}
 TESTSET_NAMES = {"nih": "NIH-CXR-LT", "mimic": "MIMIC-CXR-LT"}
+HORIZONTAL_FROM = 21  # per-label bars: horizontal from this many labels (the paper's are <= 19)
 
 
 def save(fig: plt.Figure, stem: str | Path) -> list[Path]:
@@ -189,22 +192,64 @@ def mean_auroc_bars(compared: pd.DataFrame, stem: str | Path) -> list[Path]:
     return save(fig, stem)
 
 
+def _paired_hbars(ax, compared: pd.DataFrame, labels: list[str]) -> None:
+    """Horizontal CDL/DQC bar pairs, one row per label from the top, marks right of the bars."""
+    y = np.arange(len(compared))
+    height = 0.38
+    for offset, head in ((-height / 2, "cdl"), (height / 2, "dqc")):
+        ax.barh(
+            y + offset,
+            compared[f"{head}_mean"],
+            height,
+            xerr=compared[f"{head}_std"].fillna(0),
+            color=COLORS[head],
+            label=NAMES[head],
+            capsize=2,
+            error_kw={"lw": 0.8},
+        )
+    tops = compared[["cdl_mean", "dqc_mean"]].to_numpy(dtype=float) + np.nan_to_num(
+        compared[["cdl_std", "dqc_std"]].to_numpy(dtype=float)
+    )
+    for i, mark in enumerate(compared["mark"]):
+        right = np.nanmax(tops[i]) if np.isfinite(tops[i]).any() else 0.5
+        ax.text(right + 0.01, i, mark, va="center", ha="left", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()  # most frequent label on top
+    finite = compared[["cdl_mean", "dqc_mean"]].to_numpy(dtype=float)
+    low = np.nanmin(finite) if np.isfinite(finite).any() else 0.5
+    ax.set_xlim(max(0.0, min(0.5, low - 0.05)), 1.1)
+    ax.set_ylim(len(compared) - 0.5, -0.5)
+    ax.axvline(0.5, color="grey", ls=":", lw=0.8)  # chance
+    ax.set_xlabel("AUROC")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+
+
 def label_auroc_bars(
     compared: pd.DataFrame, task: str, testset: str, stem: str | Path
 ) -> list[Path]:
-    """Figs. 6-11: per-label AUROC of CDL and DQC for one task and test set, by occurrence."""
+    """Figs. 6-11: per-label AUROC of CDL and DQC for one task and test set, by occurrence.
+
+    Up to HORIZONTAL_FROM - 1 labels: vertical bars as in the paper, the figure widening with
+    n; from HORIZONTAL_FROM on: horizontal bars, one row per label, the figure growing taller.
+    """
     part = compared[(compared["task"] == task) & (compared["testset"] == testset)]
     part = part[part["label"] != MEAN].set_index("label")
     part = part.loc[by_occurrence(list(part.index))].reset_index()
+    name = TESTSET_NAMES.get(testset, testset)
+    title = f"Per-label AUROC, {task.upper()}, {name} test set, sorted by occurrence"
+    if len(part) >= HORIZONTAL_FROM:
+        fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(part) + 1.4))
+        _paired_hbars(ax, part, list(part["label"]))
+        ax.set_title(title + "\n(ns p≥0.05, * <0.05, ** <0.01, *** <0.001)", fontsize=9)
+        fig.tight_layout()
+        return save(fig, stem)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(part) + 1.5), 4.0))
     _paired_bars(ax, part, list(part["label"]))
     ax.tick_params(axis="x", labelrotation=45)
     for tick in ax.get_xticklabels():
         tick.set_horizontalalignment("right")
-    name = TESTSET_NAMES.get(testset, testset)
-    ax.set_title(
-        f"Per-label AUROC, {task.upper()}, {name} test set, sorted by occurrence", fontsize=9
-    )
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save(fig, stem)
 

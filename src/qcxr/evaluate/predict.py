@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qcxr.labels import task_labels
-
 
 def load_images(paths: Sequence[str | Path], config: Any) -> np.ndarray:
     """uint8 (N, crop, crop, C), C = 3 when any image is RGB (grayscale is broadcast)."""
@@ -83,7 +81,9 @@ def predict_images(
         raise ValueError("no images given")
     run_dir = Path(run_dir)
     config, variables = load_best(run_dir)
-    labels = task_labels(config.task)
+    from qcxr.config import task_of
+
+    labels = list(task_of(config).labels)
     model = build_model(config)
     features = _feature_fn(config, run_dir) if config.train.mode == "frozen" else None
     logits_fn = jax.jit(model.logits)

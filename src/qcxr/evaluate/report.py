@@ -10,7 +10,8 @@ writes runs/<experiment>/summary/:
   summary.csv    the mean-AUROC rows of stats.csv as printed (mean +- std, % diff, p, mark)
   bootstrap.csv  bootstrap CIs of each head's seed-mean AUROC and of the CDL - DQC difference
   loss.csv       the numbers behind the loss curves
-  runs.csv       one row per run: path, backbone weights, epochs, best validation loss
+  runs.csv       one row per run: path, backbone weights, circuit backend and training source
+                 as resolved (versions.json), epochs, best validation loss
   benchmark.csv  Table III numbers, when a benchmark CSV was found
   figures/*.png|svg and report.html (self-contained: figures embedded as base64 PNG)
 
@@ -140,6 +141,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         h = run.history
         val = h["val_loss"].dropna() if h is not None else pd.Series(dtype=float)
+        resolved = run.versions.get("resolved") or {}
         rows.append(
             {
                 "task": run.task,
@@ -148,6 +150,8 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "path": str(run.path),
                 "weights": "; ".join(weights_of(run)) or "unknown",
                 "random_weights": random_weights(run),
+                "backend": resolved.get("model.backend"),
+                "source": resolved.get("data.source"),
                 "epochs": int(h["epoch"].max()) if h is not None and len(h) else None,
                 "best_val_loss": float(val.min()) if len(val) else None,
                 "testsets": ", ".join(sorted(run.predictions)),

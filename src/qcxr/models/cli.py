@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from qcxr.cli import add_task_arguments, task_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="model information")
     model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     summary = model_sub.add_parser("summary", help="parameter count per component (Table II)")
-    summary.add_argument("--task", default="cxr8", choices=["cxr8", "cxr14", "cxr19"])
+    add_task_arguments(summary, "cxr8")
     summary.add_argument("--head", default="dqc", choices=["cdl", "dqc"])
     summary.add_argument("--layers", type=int, default=3, help="DQC variational layers")
     summary.add_argument("--json", action="store_true", help="print JSON")
@@ -20,11 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _summary(args: argparse.Namespace) -> int:
     from qcxr.models.summary import model_summary
 
-    rows = model_summary(args.task, args.head, args.layers)
+    task = task_from_args(args)
+    rows = model_summary(task, args.head, args.layers)
     if args.json:
-        print(json.dumps({"task": args.task, "head": args.head, "components": rows}, indent=2))
+        out = {"task": task.name, "labels": len(task), "head": args.head, "components": rows}
+        print(json.dumps(out, indent=2))
         return 0
-    print(f"{args.task} / {args.head}")
+    print(f"{task.name} ({len(task)} labels) / {args.head}")
     width = max(len(r["component"]) for r in rows)
     for row in rows:
         print(f"  {row['component']:<{width}}  {row['parameters']:>12,}")

@@ -35,14 +35,17 @@ class DressedQuantumHead(nn.Module):
     num_labels: int
     num_layers: int = 3
     entangler: str = "ring"
-    backend: str = "statevector"
+    backend: str = "auto"  # beyond the paper: statevector or mps by cost (qcxr.quantum)
+    device: str | None = None  # backend "pennylane" only: the PennyLane device
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
         n = self.num_labels
         angles = jnp.tanh(_dense(n, "preprocess")(features)) * (jnp.pi / 2)
         weights = self.param("circuit", uniform_angles, (self.num_layers, n))
-        expvals = dqc_expvals(angles, weights, entangler=self.entangler, backend=self.backend)
+        expvals = dqc_expvals(
+            angles, weights, entangler=self.entangler, backend=self.backend, device=self.device
+        )
         return _dense(n, "postprocess")(expvals)
 
 
@@ -52,7 +55,7 @@ def make_head(
     *,
     num_layers: int = 3,
     entangler: str = "ring",
-    backend: str = "statevector",
+    backend: str = "auto",
 ) -> nn.Module:
     """The head named in a config: "cdl" or "dqc"."""
     if head == "cdl":

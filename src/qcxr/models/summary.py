@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from qcxr.labels import task_labels
+from qcxr.labels import Task, resolve_task
 from qcxr.models.heads import make_head
 
 COMPONENTS = {
@@ -15,10 +15,17 @@ COMPONENTS = {
 }
 
 
-def head_param_counts(task: str, head: str, num_layers: int = 3) -> dict[str, int]:
-    """{Table II component: trainable parameters} for a head, from its initialised shapes."""
-    n = len(task_labels(task))
-    module = make_head(head, n, num_layers=num_layers)
+def head_param_counts(task: str | Task, head: str, num_layers: int = 3) -> dict[str, int]:
+    """{Table II component: trainable parameters} for a head, from its initialised shapes.
+
+    Any number of labels n: the shapes are traced (not computed) on the circuit backend
+    "auto" picks for n, which can trace large n.
+    """
+    from qcxr.train.model import circuit_backend
+
+    n = len(resolve_task(task))
+    backend = circuit_backend("auto", n, num_layers, "ring")
+    module = make_head(head, n, num_layers=num_layers, backend=backend)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 2048)))
     params = shapes["params"]
     return {
@@ -28,7 +35,7 @@ def head_param_counts(task: str, head: str, num_layers: int = 3) -> dict[str, in
     }
 
 
-def model_summary(task: str, head: str, num_layers: int = 3) -> list[dict]:
+def model_summary(task: str | Task, head: str, num_layers: int = 3) -> list[dict]:
     """Rows (component, parameters) for the whole model: ResNet50 then the head's parts."""
     from qcxr.models.resnet import resnet50_param_count
 

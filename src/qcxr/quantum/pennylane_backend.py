@@ -35,9 +35,14 @@ def qnode(n: int, layers: int, entangler: str, device: str = "default.qubit", di
 def expvals(
     x: jax.Array, weights: jax.Array, entangler: str = "ring", device: str | None = None
 ) -> jax.Array:
-    """<Z_i> for a batch through PennyLane's parameter broadcasting: (B, n) -> (B, n)."""
+    """<Z_i> for a batch, (B, n) -> (B, n): through PennyLane's parameter broadcasting, or one
+    sample at a time on default.tensor, whose parameter-shift gradients refuse broadcasting."""
     x = jnp.asarray(x, jnp.float32)
     weights = jnp.asarray(weights, jnp.float32)
-    circuit = qnode(x.shape[-1], weights.shape[0], entangler, device or "default.qubit")
-    out = jnp.stack(circuit(x, weights), axis=-1)
+    device = device or "default.qubit"
+    circuit = qnode(x.shape[-1], weights.shape[0], entangler, device)
+    if device == "default.tensor":
+        out = jnp.stack([jnp.stack(circuit(row, weights)) for row in x])
+    else:
+        out = jnp.stack(circuit(x, weights), axis=-1)
     return out.astype(jnp.float32)

@@ -9,9 +9,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from qcxr.cli import add_task_arguments, labels_from_args
+
 # flag -> dotted config key (value types come from argparse)
 TRAIN_FLAGS = {
     "task": "task",
+    "source": "data.source",
     "head": "model.head",
     "seed": "train.seed",
     "mode": "train.mode",
@@ -75,6 +78,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from qcxr.quantum import BACKENDS, ENTANGLERS  # jax: qcxr.models imports it anyway
+    from qcxr.train.data import SOURCES
+
     train = subparsers.add_parser(
         "train",
         help="train one model (CDL or DQC head; finetune or frozen mode)",
@@ -82,7 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoints/, predictions-*.parquet, metrics.json). Defaults: the paper's protocol.",
     )
     train.add_argument("--config", help="YAML config (any Config field; a grid file's base)")
-    train.add_argument("--task", choices=("cxr8", "cxr14", "cxr19"))
+    add_task_arguments(train, "cxr8")
+    train.add_argument("--source", choices=SOURCES,
+                       help="train/val label files: nih, mimic (CXR-LT 2023) or auto")  # fmt: skip
     train.add_argument("--head", choices=("cdl", "dqc"))
     train.add_argument("--seed", type=int)
     train.add_argument("--mode", choices=("finetune", "frozen"))
@@ -100,8 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--backbone", choices=("resnet50", "tiny"))
     train.add_argument("--weights", help="backbone weights: hub id, directory, file or random:N")
     train.add_argument("--layers", type=int, help="DQC variational layers (paper: 3)")
-    train.add_argument("--entangler", choices=("ring", "chain", "none"))
-    train.add_argument("--backend", help="DQC circuit backend (statevector, pennylane)")
+    train.add_argument("--entangler", choices=ENTANGLERS)
+    train.add_argument("--backend", choices=BACKENDS,
+                       help="DQC circuit simulator; auto picks by cost for n (default)")  # fmt: skip
     _add_common(train)
     train.set_defaults(func=train_command)
 
@@ -115,6 +124,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--out", help="experiment dir (default runs/<experiment>)")
     _add_common(run)
     run.set_defaults(func=run_command)
+
+
+def _task_overrides(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """`labels` from --labels / --labels-file; a list without a task name is named labels<n>."""
+    labels = labels_from_args(args)
+    if not labels:
+        return {}
+    out: dict[str, Any] = {"labels": labels}
+    if args.task is None and "task" not in base:
+        out["task"] = f"labels{len(labels)}"
+    return out
 
 
 def _result_row(result: Any) -> dict[str, Any]:
@@ -147,7 +167,8 @@ def train_command(args: argparse.Namespace) -> int:
     from qcxr.train.loop import train_run
 
     base = read_grid(args.config).base if args.config else {}
-    config = config_lib.from_dict(_merge(base, _overrides(args, TRAIN_FLAGS)))
+    overrides = _merge(_overrides(args, TRAIN_FLAGS), _task_overrides(args, base))
+    config = config_lib.from_dict(_merge(base, overrides))
     run_dir = (
         Path(args.run_dir)
         if args.run_dir

@@ -1,7 +1,10 @@
 """The data a run trains and predicts on, read from a study (labels, images) or feature stores.
 
-Test sets are named as in predictions-<testset>.parquet: "nih" (the internal NIH-CXR-LT test
-split) and "mimic" (the external MIMIC-CXR-LT test set, when the study has one).
+Train and val come from the study's NIH-CXR-LT files or, for labels NIH lacks, its CXR-LT 2023
+MIMIC train/val files (data.source; `training_source`). Test sets are named as in
+predictions-<testset>.parquet: "nih" (the NIH-CXR-LT test split) and "mimic" (the MIMIC-CXR-LT
+test file); the one from the other dataset than train is the external test, where labels its
+file lacks are NaN.
 """
 
 from __future__ import annotations
@@ -15,11 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from qcxr.config import Config
+from qcxr.config import Config, task_of
+from qcxr.labels import Task
 
 SPLITS = ("train", "val")
-TESTSETS = {"nih": "test", "mimic": "mimic"}
-FEATURE_NORM_FILE = "feature_norm.safetensors"  # testset name -> feature store split
+TESTSETS = {"nih": "test", "mimic": "mimic"}  # testset name -> feature store split
+SOURCES = ("auto", "nih", "mimic")  # data.source
+# training source -> feature store split of train and val (`qcxr features --split`)
+TRAIN_STORES = {
+    "nih": {"train": "train", "val": "val"},
+    "mimic": {"train": "mimic-train", "val": "mimic-val"},
+}
+FEATURE_NORM_FILE = "feature_norm.safetensors"
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class FrozenData:
     tests: dict[str, Split]
     weights: str  # identity of the backbone weights that made the features
     norm: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) applied to every split
+    source: str = "nih"  # where train and val came from (training_source)
 
     @property
     def feature_dim(self) -> int:
@@ -50,38 +61,93 @@ class FrozenData:
         return {name: split.checksum for name, split in splits.items()}
 
 
+def _lacking(path: Path, task: Task) -> list[str] | None:
+    """Task labels a label file lacks (None: no such file)."""
+    from qcxr.data.datasets import file_labels
+
+    if not path.is_file():
+        return None
+    present = set(file_labels(path))
+    return [name for name in task.labels if name not in present]
+
+
+def training_source(config: Config) -> str:
+    """Where train and val come from, "nih" or "mimic": data.source, or for "auto" nih when the
+    study's NIH train file carries every task label, else mimic when its MIMIC train file does;
+    else an error naming both files and the labels each lacks."""
+    from qcxr.data.datasets import missing_message
+    from qcxr.data.synthetic import study_paths
+
+    setting = config.data.source
+    if setting not in SOURCES:
+        raise ValueError(f"data.source: unknown source {setting!r}; choose from {SOURCES}")
+    if setting != "auto":
+        return setting
+    if not config.data.study:
+        raise ValueError("no study given: pass --study ROOT (or set data.study in the config)")
+    paths, task = study_paths(config.data.study), task_of(config)
+    nih, mimic = paths.nih_csv["train"], paths.mimic_split_csv["train"]
+    lacking = {path: _lacking(path, task) for path in (nih, mimic)}
+    for path, absent in lacking.items():
+        if absent == []:
+            return "nih" if path == nih else "mimic"
+    reasons = [
+        missing_message(path, task, absent) if absent else f"{path}: not found"
+        for path, absent in lacking.items()
+    ]
+    raise ValueError(
+        "; ".join(reasons) + " (data.source auto: no training label file has every task label)"
+    )
+
+
+def _warn_missing(dataset: Any) -> None:
+    if dataset.missing_labels:
+        print(
+            f"warning: {dataset.label_file} lacks {dataset.missing_labels}; their y: columns are "
+            "NaN and metrics skip them",
+            file=sys.stderr,
+        )
+
+
 def datasets(config: Config, *, check_files: bool) -> dict[str, Any]:
-    """LabeledImages for train, val, nih (test) and, if the study has it, mimic."""
+    """LabeledImages for train, val, nih (test) and mimic (test), those the study has.
+
+    Train and val come from `training_source`; both must carry every task label, and so must
+    the test set of the same dataset. The other dataset's test set is external: labels it lacks
+    are NaN (with a warning).
+    """
     from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT
     from qcxr.data.synthetic import study_paths
 
     if not config.data.study:
         raise ValueError("no study given: pass --study ROOT (or set data.study in the config)")
+    source, task = training_source(config), task_of(config)
     paths = study_paths(config.data.study)
-    out = {}
-    for name, split in (("train", "train"), ("val", "val"), ("nih", "test")):
-        out[name] = NIHCXRLT(
-            paths.nih_csv[split], paths.nih_images, config.task, check_files=check_files
-        )
+    metadata = paths.mimic_metadata if paths.mimic_metadata.is_file() else None
+
+    def nih(split: str) -> Any:
+        return NIHCXRLT(
+            paths.nih_csv[split], paths.nih_images, task, check_files=check_files,
+            allow_missing_labels=source != "nih",
+        )  # fmt: skip
+
+    def mimic(split: str) -> Any:
+        return MIMICCXRLT(
+            paths.mimic_split_csv[split], paths.mimic_root, task, metadata_csv=metadata,
+            allow_missing_labels=source != "mimic", check_files=check_files,
+        )  # fmt: skip
+
+    reader = nih if source == "nih" else mimic
+    out = {"train": reader("train"), "val": reader("val")}
+    if source == "nih" or paths.nih_csv["test"].is_file():
+        out["nih"] = nih("test")
     if paths.mimic_csv.is_file():
-        metadata = paths.mimic_metadata if paths.mimic_metadata.is_file() else None
-        mimic = MIMICCXRLT(
-            paths.mimic_csv,
-            paths.mimic_root,
-            config.task,
-            metadata_csv=metadata,
-            allow_missing_labels=True,
-            check_files=check_files,
-        )
-        if mimic.missing_labels:
-            print(
-                f"warning: {paths.mimic_csv} lacks {mimic.missing_labels}; their y: columns are "
-                "NaN and metrics skip them",
-                file=sys.stderr,
-            )
-        out["mimic"] = mimic
+        out["mimic"] = mimic("test")
     else:
-        print(f"note: {paths.mimic_csv} not found; no external (mimic) test", file=sys.stderr)
+        print(f"note: {paths.mimic_csv} not found; no mimic test set", file=sys.stderr)
+    for name in ("nih", "mimic"):
+        if name in out:
+            _warn_missing(out[name])
     return out
 
 
@@ -139,11 +205,13 @@ def load_frozen_data(config: Config) -> FrozenData:
         raise ValueError("frozen mode needs feature stores: pass --features DIR")
     directory = Path(config.data.features)
     labelled = datasets(config, check_files=False)
+    source = training_source(config)
     splits: dict[str, Split] = {}
     weights = set()
-    for name, file in (("train", "train"), ("val", "val"), *TESTSETS.items()):
+    for name, file in (*TRAIN_STORES[source].items(), *TESTSETS.items()):
         path = directory / f"{file}.safetensors"
-        if name not in labelled or (name == "mimic" and not path.is_file()):
+        external = name in TESTSETS and name != source  # optional: the other dataset's test
+        if name not in labelled or (external and not path.is_file()):
             continue
         store = read_store(path)
         weights.add(str(store.meta.get("weights", "unknown")))
@@ -155,7 +223,7 @@ def load_frozen_data(config: Config) -> FrozenData:
         norm = feature_norm(splits["train"].inputs)
         splits = {name: standardized(split, norm) for name, split in splits.items()}
     tests = {name: splits[name] for name in TESTSETS if name in splits}
-    return FrozenData(splits["train"], splits["val"], tests, weights.pop(), norm)
+    return FrozenData(splits["train"], splits["val"], tests, weights.pop(), norm, source)
 
 
 def feature_norm(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,12 @@ nesting) plus two keys:
     train.learning_rate: [1e-4, 1e-3]    # any other axis makes one experiment per value:
                                          # runs/<experiment>-learning_rate=0.001/...
 
+A task is a built-in label set (qcxr.labels.LABEL_SETS: cxr8, cxr14, cxr19, nih20, cxr26) or the
+name of an explicit list given at the top level (configs/labels45.yaml):
+
+  task: my45
+  labels: [Atelectasis, Cardiomegaly, ...]
+
 A grid run skips finished runs (status.json) and resumes unfinished ones from their latest
 checkpoint. In frozen mode the seeds of one cell train together (vmap).
 """
@@ -172,7 +178,13 @@ def run_grid(
         if first.train.mode == "frozen":
             from qcxr.train.data import load_frozen_data
 
-            key = (first.task, first.data.study, first.data.features)
+            key = (
+                first.task,
+                first.labels,
+                first.data.study,
+                first.data.features,
+                first.data.source,
+            )
             if key not in frozen_data:
                 frozen_data.clear()  # one task's features in memory at a time
                 frozen_data[key] = load_frozen_data(first)
@@ -187,7 +199,7 @@ def run_grid(
         from qcxr.train.loop import load_image_data
 
         cache = first.data.cache or str(cell.experiment_dir / "cache")
-        key = (first.task, first.data.study, cache)
+        key = (first.task, first.labels, first.data.study, first.data.source, cache)
         if key not in image_data:
             image_data.clear()
             image_data[key] = load_image_data(first, cache, progress)

@@ -36,7 +36,7 @@ from qcxr.train.data import FrozenData, label_frequency, save_feature_norm, trai
 from qcxr.train.early_stopping import EarlyStopping
 from qcxr.train.history import History
 from qcxr.train.losses import elementwise_loss
-from qcxr.train.model import build_model, init_variables
+from qcxr.train.model import build_model, init_variables, resolved_backend
 from qcxr.train.predictions import write_predictions
 from qcxr.train.runinfo import write_versions
 from qcxr.train.state import TrainState, create_state, optimizer, variables_of
@@ -302,6 +302,11 @@ def compiled(kind: str, config: Config, steps_per_epoch: int, frequency: np.ndar
 
 def run_label(config: Config) -> str:
     return f"{config.task}/{config.model.head}"
+
+
+def resolved_settings(config: Config, source: str) -> dict[str, Any]:
+    """What the run's "auto" settings became (versions.json "resolved")."""
+    return {"model.backend": resolved_backend(config), "data.source": source}
 
 
 # ---------------------------------------------------------------------------------- frozen mode
@@ -583,6 +588,7 @@ def train_frozen(
             label_checksums=data.checksums(),
             weights=data.weights,
             resumed=book.resumed,
+            resolved=resolved_settings(book.config, data.source),
         )
     todo = [b for b in books if not b.training_done]
     groups: dict[tuple, list[RunBook]] = {}
@@ -614,6 +620,7 @@ class ImageData:
     val: Any
     tests: dict[str, Any]
     cache: Any  # qcxr.data.cache.ImageCache
+    source: str = "nih"  # where train and val came from (qcxr.train.data.training_source)
 
     def checksums(self) -> dict[str, str]:
         splits = {"train": self.train, "val": self.val, **self.tests}
@@ -623,14 +630,14 @@ class ImageData:
 def load_image_data(config: Config, cache_dir: str | Path, progress: bool = True) -> ImageData:
     """Datasets of the study and an image cache holding all their images (built if needed)."""
     from qcxr.data.cache import ImageCache
-    from qcxr.train.data import datasets
+    from qcxr.train.data import datasets, training_source
 
     sets = datasets(config, check_files=True)
     cache = ImageCache(Path(cache_dir))
     paths = [p for split in sets.values() for p in split.paths]
     cache.build(paths, threads=config.data.loader_threads, progress=progress)
     tests = {name: sets[name] for name in ("nih", "mimic") if name in sets}
-    return ImageData(sets["train"], sets["val"], tests, cache)
+    return ImageData(sets["train"], sets["val"], tests, cache, training_source(config))
 
 
 def _padded(batch_images: np.ndarray, labels: np.ndarray, width: int):
@@ -734,6 +741,7 @@ class FinetuneTrainer:
             label_checksums=self.data.checksums(),
             weights=identity,
             resumed=book.resumed,
+            resolved=resolved_settings(book.config, self.data.source),
         )
         state = create_state(variables, self.tx, book.seed)
         if book.resumed:

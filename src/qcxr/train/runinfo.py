@@ -36,9 +36,19 @@ def device_info() -> dict[str, Any]:
 
 
 def write_versions(
-    run_dir: str | Path, *, label_checksums: dict[str, str], weights: str, resumed: bool
+    run_dir: str | Path,
+    *,
+    label_checksums: dict[str, str],
+    weights: str,
+    resumed: bool,
+    resolved: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write (or, on resume, extend) versions.json; every session of a run is listed."""
+    """Write (or, on resume, extend) versions.json; every session of a run is listed.
+
+    `resolved` maps config keys whose value is a choice made at run time ("auto") to what it
+    became in this session, e.g. {"model.backend": "mps", "data.source": "mimic"}; config.yaml
+    keeps the setting as written.
+    """
     path = Path(run_dir) / "versions.json"
     session = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -46,6 +56,7 @@ def write_versions(
         "python": platform.python_version(),
         "packages": package_versions(),
         "device": device_info(),
+        "resolved": dict(resolved or {}),
     }
     info: dict[str, Any] = {}
     if resumed and path.is_file():
@@ -57,6 +68,7 @@ def write_versions(
             "device": session["device"],
             "label_files_sha256": label_checksums,
             "weights": weights,
+            "resolved": session["resolved"],
         }
     )
     info["sessions"] = [*info.get("sessions", []), session]
