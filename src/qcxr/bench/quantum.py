@@ -176,7 +176,7 @@ def summarise(result: dict) -> dict:
 
 def markdown(rows: list[dict], env: dict, args: argparse.Namespace) -> str:
     lines = [
-        f"# Head training step: qcxr statevector vs PennyLane ({env['date']})",
+        f"# Head training step: qcxr's simulators vs PennyLane ({env['date']})",
         "",
         f"Machine: {env['machine']}; device {env['device']}; Python {env['python']}, "
         f"JAX {env['jax']}, PennyLane {env['pennylane']}.",
@@ -198,10 +198,13 @@ def markdown(rows: list[dict], env: dict, args: argparse.Namespace) -> str:
     for n, cases in sorted(by_n.items()):
         ref = cases.get("pennylane", {}).get("mean_s")
         for backend, row in cases.items():
-            if "error" in row:
-                lines.append(f"| {n} | {BACKEND_NAMES[backend]} | failed: {row['error']} | | | |")
+            if row.get("error"):
+                error = row["error"]
+                shown = error if error.startswith("not run") else f"failed: {error}"
+                lines.append(f"| {n} | {BACKEND_NAMES[backend]} | {shown} | | | |")
                 continue
-            speedup = f"{ref / row['mean_s']:.0f}x" if ref and backend != "pennylane" else ""
+            compared = ref and backend not in ("pennylane", "cdl")
+            speedup = f"{ref / row['mean_s']:.0f}x" if compared else ""
             lines.append(
                 f"| {n} | {BACKEND_NAMES[backend]} | {row['mean_s']:.4f} +- {row['std_s']:.4f} "
                 f"| {row['compile_first_s']:.2f} | {row['peak_rss_mb']:.0f} | {speedup} |"
