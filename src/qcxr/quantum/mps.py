@@ -90,8 +90,7 @@ def _boundary(batch: int, chi: int, dtype) -> jax.Array:
 
 def _transfer(env: jax.Array, site: jax.Array, z: bool = False) -> jax.Array:
     """sum_p s_p A_p^T env A_p over any leading axes, s the signs of Z where z is set."""
-    t = jnp.einsum("...xy,...ypz->...xpz", env, site, precision=HIGHEST)
-    return jnp.einsum("...xpz,...xpw->...zw", site, t * _signs(z, site.dtype), precision=HIGHEST)
+    return _close_left(site, _left_product(env, site) * _signs(z, site.dtype))
 
 
 def _signs(z: bool, dtype) -> np.ndarray:
@@ -106,13 +105,13 @@ def _signs(z: bool, dtype) -> np.ndarray:
 
 
 def _left_product(env: jax.Array, site: jax.Array) -> jax.Array:
-    """env A_p as [b, x, p, z]: env (B, chi, chi), site A (B, chi, 2, chi)."""
-    return jnp.einsum("bxy,bypz->bxpz", env, site, precision=HIGHEST)
+    """env A_p as [..., x, p, z]: env (..., chi, chi), site A (..., chi, 2, chi)."""
+    return jnp.einsum("...xy,...ypz->...xpz", env, site, precision=HIGHEST)
 
 
 def _close_left(site: jax.Array, product: jax.Array) -> jax.Array:
     """sum_p A_p^T product_p: the left transfer from `_left_product` (times signs)."""
-    return jnp.einsum("bxpz,bxpw->bzw", site, product, precision=HIGHEST)
+    return jnp.einsum("...xpz,...xpw->...zw", site, product, precision=HIGHEST)
 
 
 def _right_product(env: jax.Array, site: jax.Array) -> jax.Array:
