@@ -6,13 +6,19 @@ A run's config is a `Config`; YAML files in `configs/` override any field by its
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from qcxr.labels import Task, resolve_task
+
+# The values some settings take; CLI choices and checks read them from here.
+HEADS = ("cdl", "dqc")  # model.head
+MODES = ("finetune", "frozen")  # train.mode
+BACKBONES = ("resnet50", "tiny")  # model.backbone
+SOURCES = ("auto", "nih", "mimic")  # data.source
+VMAP_SEEDS = ("auto", "yes", "no")  # train.vmap_seeds
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,7 @@ class DataConfig:
     loader_threads: int = 4  # Sec. III-F: 4 CPU threads per model
     prefetch: int = 2
     # Where a run reads its data (beyond the paper; recorded so a run dir is self-contained).
-    study: str = ""  # study root: nih/ label CSVs + images, mimic/ (layout in DESIGN.md)
+    study: str = ""  # study root: nih/ label CSVs + images, mimic/ (qcxr.data.datasets.StudyPaths)
     features: str = ""  # frozen mode: dir with {train,val,test,mimic}.safetensors feature stores
     cache: str = ""  # finetune mode: image cache dir ("" = <experiment dir>/cache)
     # Which files train and val come from (beyond the paper, which trains on NIH-CXR-LT):
@@ -154,6 +160,8 @@ def task_of(config: Config) -> Task:
 
 def load(path: str | Path) -> Config:
     """Read a YAML config file; errors name the file and the offending key."""
+    import yaml  # here, not at the top: the benchmark workers import this module without it
+
     path = Path(path)
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
@@ -175,3 +183,58 @@ def to_dict(config: Config) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(config))
+
+
+def nested(dotted: str, value: Any) -> dict[str, Any]:
+    """{"a": {"b": value}} from "a.b": a dotted-key override as a nested mapping."""
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update` applied recursively (nested mappings merge, other values replace)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_settings(
+    old: Mapping[str, Any], new: Mapping[str, Any], allowed: frozenset[str] | set[str] = frozenset()
+) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every setting that differs, but those `allowed` to change.
+
+    The one "may this be resumed?" check: a run, a feature extraction and a benchmark cell are
+    continued only when what they compute is set the same.
+    """
+    before, after = flat(old), flat(new)
+    keys = sorted(set(before) | set(after))
+    return {
+        k: (before.get(k), after.get(k))
+        for k in keys
+        if before.get(k) != after.get(k) and k not in allowed
+    }
+
+
+def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """ "key: old then, new now" for each change, as an error message names them."""
+    return ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changes.items())

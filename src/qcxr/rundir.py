@@ -1,0 +1,200 @@
+"""A run directory: where it lies, what it holds, and reading and writing its files.
+
+    <experiment>/<task>/<head>/seed-<k>/
+      config.yaml                   the run's settings (re-read on resume)
+      versions.json                 libraries, device, label-file checksums, weights, sessions
+      history.csv                   one row per train step and per epoch end (train.history)
+      checkpoints/{latest,best}/    Orbax (train.checkpoint)
+      train_counts.json             positive count per label in the training split
+      feature_norm.safetensors      frozen mode with train.standardize_features
+      predictions-<testset>.parquet "id", then "p:L" and "y:L" per label L (train.predictions)
+      status.json                   written last by training: the run is finished exactly when
+                                    it says so
+      metrics.json                  written after training by the caller (qcxr.evaluate.metrics),
+                                    recomputed from the predictions when missing
+
+Every other module names these files through the constants and functions here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qcxr import config as config_lib
+from qcxr.config import Config
+
+CONFIG = "config.yaml"
+VERSIONS = "versions.json"
+HISTORY = "history.csv"
+CHECKPOINTS = "checkpoints"
+TRAIN_COUNTS = "train_counts.json"
+FEATURE_NORM = "feature_norm.safetensors"
+STATUS = "status.json"
+METRICS = "metrics.json"
+PREDICTIONS_PREFIX = "predictions-"
+HISTORY_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "epoch_time")
+
+# Config keys a resumed run may change (they do not alter what is computed).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.max_epochs",
+        "train.patience",
+        "data.cache",
+        "data.loader_threads",
+        "data.prefetch",
+        "data.study",
+        "data.features",
+    }
+)
+
+
+def run_path(experiment_dir: str | Path, task: str, head: str, seed: int) -> Path:
+    """<experiment>/<task>/<head>/seed-<k>: where a run of the grid layout lives."""
+    return Path(experiment_dir) / task / head / f"seed-{seed}"
+
+
+def config_run_path(experiment_dir: str | Path, config: Config) -> Path:
+    return run_path(experiment_dir, config.task, config.model.head, config.train.seed)
+
+
+def experiment_of(run_dir: str | Path) -> Path:
+    """The experiment directory of a run in the grid layout (its parent for a shallower one)."""
+    run_dir = Path(run_dir)
+    return run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir.parent
+
+
+# ------------------------------------------------------------------------------------ status
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    status: str  # "finished" or "failed"
+    reason: str  # "early_stop", "max_epochs" or the error
+    best_epoch: int = 0
+    best_val_loss: float = math.nan
+    epochs: int = 0
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / STATUS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    status = read_status(run_dir)
+    return bool(status and status.get("status") == "finished")
+
+
+def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / STATUS, status)
+
+
+def clear_status(run_dir: str | Path) -> None:
+    (Path(run_dir) / STATUS).unlink(missing_ok=True)
+
+
+def result_of(run_dir: str | Path) -> RunResult | None:
+    """The result a run's status.json records (None: no status yet)."""
+    status = read_status(run_dir)
+    if status is None:
+        return None
+    if status.get("status") != "finished":
+        return RunResult(Path(run_dir), status.get("status", "failed"), status.get("message", ""))
+    return RunResult(
+        Path(run_dir),
+        "finished",
+        status.get("reason", ""),
+        status.get("best_epoch", 0),
+        status.get("best_val_loss", math.nan),
+        status.get("epochs", 0),
+    )
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def write_config(run_dir: str | Path, config: Config, resume: bool) -> None:
+    """config.yaml; a resumed run must have been started with the same (computing) settings."""
+    path = Path(run_dir) / CONFIG
+    new = config_lib.to_dict(config)
+    if resume and path.is_file():
+        old = config_lib.to_dict(config_lib.load(path))
+        changed = config_lib.changed_settings(old, new, RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(
+                f"{path}: cannot resume with different settings {sorted(changed)}; start a new "
+                "run directory instead"
+            )
+    path.write_text(yaml.safe_dump(new, sort_keys=False))
+
+
+def read_config(run_dir: str | Path) -> Config:
+    return config_lib.load(Path(run_dir) / CONFIG)
+
+
+# ------------------------------------------------------------------------------------- files
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def read_versions(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / VERSIONS
+    return read_json(path) if path.is_file() else None
+
+
+def write_train_counts(run_dir: str | Path, counts: dict[str, float]) -> None:
+    write_json(Path(run_dir) / TRAIN_COUNTS, counts)
+
+
+def read_train_counts(run_dir: str | Path) -> dict[str, float] | None:
+    path = Path(run_dir) / TRAIN_COUNTS
+    return read_json(path) if path.is_file() else None
+
+
+def predictions_path(run_dir: str | Path, testset: str) -> Path:
+    return Path(run_dir) / f"{PREDICTIONS_PREFIX}{testset}.parquet"
+
+
+def prediction_files(run_dir: str | Path) -> list[Path]:
+    """The predictions-<testset>.parquet files of a run, sorted."""
+    return sorted(Path(run_dir).glob(f"{PREDICTIONS_PREFIX}*.parquet"))
+
+
+def testset_of(path: str | Path) -> str:
+    """'nih' from 'predictions-nih.parquet'."""
+    stem = Path(path).stem
+    return stem.removeprefix(PREDICTIONS_PREFIX).removeprefix("predictions") or "test"
+
+
+def read_history(path: str | Path) -> Any:
+    """history.csv as a pandas frame (empty cells NaN); an error names a file without the
+    columns train.history writes."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / HISTORY
+    frame = pd.read_csv(path)
+    missing = [c for c in HISTORY_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; has {list(frame.columns)}")
+    return frame
+
+
+def epoch_rows(path: str | Path) -> Any:
+    """Only the epoch-end rows of a history.csv (those with a validation loss)."""
+    frame = read_history(path)
+    return frame[frame["val_loss"].notna()].reset_index(drop=True)
