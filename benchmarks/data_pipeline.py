@@ -34,7 +34,7 @@ from PIL import Image
 
 from qcxr.data.cache import ImageCache
 from qcxr.data.loader import Loader
-from qcxr.data.synthetic import Renderer
+from qcxr.data.render import Renderer
 
 
 class Files:

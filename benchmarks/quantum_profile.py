@@ -2,7 +2,8 @@
 
 Traces two steps with jax.profiler, then joins each kernel's time with its output shape and the
 JAX operation it came from in the compiled HLO. Kernels run inside the per-chunk loop appear
-once per chunk ("x32" at n = 19).
+once per chunk ("x32" at n = 19). The simulator's tuning arguments can be set (--group-size,
+--chunk, --no-cycle; default: its own defaults).
 
     python benchmarks/quantum_profile.py --qubits 19 --top 30
 """
@@ -18,8 +19,7 @@ import tempfile
 from pathlib import Path
 
 import jax
-
-from qcxr.bench.quantum import head_step
+from quantum_ab import head_step  # benchmarks/quantum_ab.py, beside this script
 
 
 def kernel_info(hlo: str) -> dict[str, tuple[str, str]]:
@@ -51,9 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--qubits", type=int, default=19)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--group-size", type=int, help="qubits per fused rotation")
+    parser.add_argument("--chunk", type=int, help="samples per map step")
+    parser.add_argument("--no-cycle", action="store_true", help="rotate one-sample groups in place")
     args = parser.parse_args()
     steps = 2
-    step, (params, opt_state), (x, y) = head_step(args.qubits, "statevector", 32, 3, "ring")
+    knobs = {"group_size": args.group_size, "chunk": args.chunk, "cycle": not args.no_cycle}
+    step, (params, opt_state), (x, y) = head_step(args.qubits, knobs)
     info = kernel_info(step.lower(params, opt_state, x, y).compile().as_text())
     for _ in range(2):
         params, opt_state, loss = step(params, opt_state, x, y)

@@ -24,7 +24,8 @@ from qcxr.config import from_dict
 from qcxr.labels import TASKS
 from qcxr.train import parallel
 from qcxr.train.data import FrozenData, Split
-from qcxr.train.loop import FrozenTrainer, RunBook
+from qcxr.train.frozen import FrozenTrainer
+from qcxr.train.runbook import RunBook
 
 ROWS = 78_605  # Sec. III-B / Table I: NIH-CXR-LT training images as printed in the paper
 

@@ -1,4 +1,4 @@
-"""The dressed circuit built from its written definition (DESIGN.md contract), for the tests.
+"""The dressed circuit built from its written definition (docs/ARCHITECTURE.md, "The quantum core"), for the tests.
 
 Nothing here imports qcxr: a change to qcxr's circuit (ansatz.py, a backend) must show up as a
 disagreement with this module rather than be copied into the reference.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -13,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcxr.bench import table3
+from qcxr.bench import table3, tables
+from qcxr.bench.cells import Cell, Plan
+from qcxr.bench.machine import Machine
 
 # What each framework needs, written out here rather than read from the harness.
 NEEDS = {
@@ -125,15 +126,17 @@ def test_tables_report_paper_style_speedups_and_epoch_minutes():
         fake_result("qcxr", "cdl", 19, [0.45, 0.45]),
         {**fake_result("pennylane-tf", "dqc", 19, []), "status": "timeout", "reason": "slow"},
     ]
-    rows = table3.summary_rows(results, batches_per_epoch=2454)
+    results = [Cell.from_json(r) for r in results]
+    rows = tables.summary_rows(results, batches_per_epoch=2454)
     torch_row = next(r for r in rows if r["framework"] == "pennylane-torch")
     assert torch_row["speedup_qcxr"] == pytest.approx(1.9 / 0.5)
     assert torch_row["min_per_epoch"] == pytest.approx(1.9 * 2454 / 60)
-    args = argparse.Namespace(
-        backbone="resnet50", batch=32, warmup=10, steps=2, batches_per_epoch=2454
-    )
-    machine = {"cpu": "x", "logical_cpus": 2, "memory_gib": 1.0, "platform": "p", "date": "d"}
-    text = table3.markdown(rows, machine, args)
+    plan = Plan(
+        frameworks=("pennylane-tf", "pennylane-torch", "qcxr"), heads=("cdl", "dqc"),
+        labels=(19,), backbone="resnet50", batch=32, warmup=10, steps=2, batches_per_epoch=2454,
+    )  # fmt: skip
+    machine = Machine(cpu="x", logical_cpus=2, memory_gib=1.0, platform="p", date="d")
+    text = tables.markdown(results, machine, plan)
     assert "| CXR-19 | DQC | timeout | 1.90 ± 0.14 | 0.50 ± 0.14 |" in text
     assert "3.80x (74%)" in text  # 1 - 0.5/1.9, the paper's "% faster"
     assert "| CXR-19 | — | — | 1.11x |" in text  # qcxr DQC / CDL only: the others lack a CDL
@@ -177,7 +180,7 @@ def numpy_expvals(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("interface", ["jax", "torch", "tf"])
 def test_pennylane_circuit_of_every_framework_is_the_dqc_circuit(interface):
-    """The three PennyLane frameworks run the circuit of DESIGN.md (checked against numpy)."""
+    """The three PennyLane frameworks run the circuit of `qcxr.quantum` (checked against numpy)."""
     module = {"jax": "jax", "torch": "torch", "tf": "tensorflow"}[interface]
     lib = pytest.importorskip(module)
     pytest.importorskip("pennylane")
@@ -198,9 +201,8 @@ def test_pennylane_circuit_of_every_framework_is_the_dqc_circuit(interface):
 
 def test_qcxr_simulator_computes_the_same_circuit():
     """`qcxr` and the PennyLane frameworks time the same function of (x, weights)."""
-    quantum = pytest.importorskip("qcxr.quantum")
-    if not hasattr(quantum, "dqc_expvals"):
-        pytest.skip("qcxr.quantum.dqc_expvals not written yet")
+    from qcxr import quantum
+
     rng = np.random.default_rng(1)
     x = rng.uniform(-np.pi / 2, np.pi / 2, (4, 4)).astype(np.float32)
     weights = rng.uniform(0, 2 * np.pi, (3, 4)).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,35 @@ class FakeCache:
         return np.full((8, 8, self.channels(k)), k % 256, np.uint8)
 
 
+class Opened:
+    """The loaders and epochs a test opens, closed when it ends, even by a failure: no
+    read-ahead thread outlives its test, so each test's thread checks see its own threads only.
+    Held weakly, so that a test can still drop the last reference to a loader."""
+
+    def __init__(self):
+        self.refs: list[weakref.ref] = []
+
+    def keep(self, thing):
+        self.refs.append(weakref.ref(thing))
+        return thing
+
+    def loader(self, *args, **kwargs) -> Loader:
+        return self.keep(Loader(*args, **kwargs))
+
+    def close(self) -> None:
+        for ref in reversed(self.refs):  # epochs before the loaders that began them
+            thing = ref()
+            if thing is not None:
+                thing.close()
+
+
+@pytest.fixture
+def opened():
+    things = Opened()
+    yield things
+    things.close()
+
+
 def dataset(n: int, labels: int = 3) -> FakeDataset:
     rng = np.random.default_rng(0)
     return FakeDataset(
@@ -52,9 +82,9 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
     assert not np.array_equal(a, epoch_order(100, seed=4, epoch=0))
 
 
-def test_epoch_yields_every_example_once_in_order_with_its_labels():
+def test_epoch_yields_every_example_once_in_order_with_its_labels(opened):
     data = dataset(103)
-    loader = Loader(data, FakeCache(), batch_size=10, seed=7, threads=3, prefetch=2)
+    loader = opened.loader(data, FakeCache(), batch_size=10, seed=7, threads=3, prefetch=2)
     batches = list(loader.epoch(2))
     assert len(batches) == len(loader) == 11 and [b.position for b in batches] == list(range(11))
     order = epoch_order(103, 7, 2)
@@ -68,18 +98,20 @@ def test_epoch_yields_every_example_once_in_order_with_its_labels():
     assert batches[-1].images.shape == (3, 8, 8, 1)
 
 
-def test_same_seed_same_batches_for_two_heads_and_drop_last():
+def test_same_seed_same_batches_for_two_heads_and_drop_last(opened):
     data = dataset(50)
-    a = Loader(data, FakeCache(), batch_size=8, seed=1, drop_last=True)
-    b = Loader(data, FakeCache(), batch_size=8, seed=1, drop_last=True, threads=1, prefetch=0)
+    a = opened.loader(data, FakeCache(), batch_size=8, seed=1, drop_last=True)
+    b = opened.loader(
+        data, FakeCache(), batch_size=8, seed=1, drop_last=True, threads=1, prefetch=0
+    )
     ids_a = [x.ids for x in a.epoch(4)]
     assert ids_a == [x.ids for x in b.epoch(4)]
     assert len(ids_a) == 6 and all(len(ids) == 8 for ids in ids_a)
 
 
-def test_resume_from_a_saved_position_gives_the_remaining_batches():
+def test_resume_from_a_saved_position_gives_the_remaining_batches(opened):
     data = dataset(40)
-    loader = Loader(data, FakeCache(), batch_size=6, seed=5)
+    loader = opened.loader(data, FakeCache(), batch_size=6, seed=5)
     full = list(loader.epoch(3))
     saved = None
     for batch in loader.epoch(3):
@@ -93,19 +125,19 @@ def test_resume_from_a_saved_position_gives_the_remaining_batches():
         next(loader.epoch(3, start=len(full) + 1))
 
 
-def test_no_shuffle_and_mixed_channels():
+def test_no_shuffle_and_mixed_channels(opened):
     data = dataset(5)
-    loader = Loader(
+    loader = opened.loader(
         data, FakeCache(lambda k: 3 if k == 2 else 1), batch_size=5, seed=0, shuffle=False
     )
-    (batch,) = loader.epoch(0)
+    (batch,) = opened.keep(loader.epoch(0))
     assert batch.ids == data.ids and batch.images.shape == (5, 8, 8, 3)
 
 
-def test_prefetch_reads_ahead_while_the_consumer_works():
+def test_prefetch_reads_ahead_while_the_consumer_works(opened):
     cache = FakeCache()
-    loader = Loader(dataset(40), cache, batch_size=4, seed=0, threads=2, prefetch=3)
-    batches = loader.epoch(0)
+    loader = opened.loader(dataset(40), cache, batch_size=4, seed=0, threads=2, prefetch=3)
+    batches = opened.keep(loader.epoch(0))
     next(batches)
     deadline = time.monotonic() + 10
     while cache.calls < 4 * 4 and time.monotonic() < deadline:
@@ -114,19 +146,19 @@ def test_prefetch_reads_ahead_while_the_consumer_works():
     batches.close()
 
 
-def test_a_read_error_reaches_the_caller_with_its_message():
+def test_a_read_error_reaches_the_caller_with_its_message(opened):
     class Failing(FakeCache):
         def get(self, path):
             if Path(path).stem == "7":
                 raise ValueError(f"{path}: cannot decode image (broken)")
             return super().get(path)
 
-    loader = Loader(dataset(20), Failing(), batch_size=4, seed=0, shuffle=False)
+    loader = opened.loader(dataset(20), Failing(), batch_size=4, seed=0, shuffle=False)
     with pytest.raises(ValueError, match=r"/nowhere/7.png: cannot decode image"):
         list(loader.epoch(0))
 
 
-def test_batches_are_assembled_off_the_callers_thread_and_ready_when_asked_for():
+def test_batches_are_assembled_off_the_callers_thread_and_ready_when_asked_for(opened):
     class Recording(FakeCache):
         def __init__(self):
             super().__init__()
@@ -137,8 +169,8 @@ def test_batches_are_assembled_off_the_callers_thread_and_ready_when_asked_for()
             return super().get(path)
 
     cache = Recording()
-    loader = Loader(dataset(60), cache, batch_size=6, seed=2, threads=2, prefetch=2)
-    batches = loader.epoch(0)
+    loader = opened.loader(dataset(60), cache, batch_size=6, seed=2, threads=2, prefetch=2)
+    batches = opened.keep(loader.epoch(0))
     ready = []
     for _ in range(len(loader)):
         time.sleep(0.02)  # a step longer than loading a batch of this fake cache
@@ -151,10 +183,10 @@ def test_batches_are_assembled_off_the_callers_thread_and_ready_when_asked_for()
     assert all(name.startswith("qcxr-read") for name in cache.threads)
 
 
-def test_no_prefetch_reads_nothing_ahead_and_closing_stops_the_producer():
+def test_no_prefetch_reads_nothing_ahead_and_closing_stops_the_producer(opened):
     cache = FakeCache()
-    loader = Loader(dataset(40), cache, batch_size=4, seed=0, threads=2, prefetch=0)
-    batches = loader.epoch(0)
+    loader = opened.loader(dataset(40), cache, batch_size=4, seed=0, threads=2, prefetch=0)
+    batches = opened.keep(loader.epoch(0))
     next(batches)
     time.sleep(0.05)
     assert cache.calls == 4
@@ -169,9 +201,9 @@ def _qcxr_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("qcxr-")]
 
 
-def test_the_next_epoch_is_read_ahead_and_taken_over():
+def test_the_next_epoch_is_read_ahead_and_taken_over(opened):
     cache = FakeCache()
-    loader = Loader(dataset(40), cache, batch_size=4, seed=5, threads=2, prefetch=2)
+    loader = opened.loader(dataset(40), cache, batch_size=4, seed=5, threads=2, prefetch=2)
     assert len(list(loader.epoch(0))) == 10
     deadline = time.monotonic() + 10
     while cache.calls < 40 + 2 * 4 and time.monotonic() < deadline:
@@ -180,7 +212,7 @@ def test_the_next_epoch_is_read_ahead_and_taken_over():
     asked = time.perf_counter()
     epoch1 = list(loader.epoch(1))
     assert epoch1[0].ready_at <= asked
-    fresh = Loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=2)
+    fresh = opened.loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=2)
     assert [b.ids for b in epoch1] == [b.ids for b in fresh.epoch(1)]
     deadline = time.monotonic() + 10
     while cache.calls < 40 + 40 + 2 * 4 and time.monotonic() < deadline:
@@ -191,10 +223,10 @@ def test_the_next_epoch_is_read_ahead_and_taken_over():
     assert not _qcxr_threads()
 
 
-def test_an_epoch_out_of_turn_or_a_resume_discards_the_read_ahead():
-    loader = Loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=2)
+def test_an_epoch_out_of_turn_or_a_resume_discards_the_read_ahead(opened):
+    loader = opened.loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=2)
     list(loader.epoch(0))
-    fresh = Loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=0)
+    fresh = opened.loader(dataset(40), FakeCache(), batch_size=4, seed=5, threads=2, prefetch=0)
     assert [b.ids for b in loader.epoch(3)] == [b.ids for b in fresh.epoch(3)]
     list(loader.epoch(0))  # reads epoch 1 ahead
     resumed = list(loader.epoch(1, start=4))
@@ -204,9 +236,9 @@ def test_an_epoch_out_of_turn_or_a_resume_discards_the_read_ahead():
     assert not _qcxr_threads()
 
 
-def test_epochs_shorter_than_the_prefetch_chain_without_leftovers():
-    loader = Loader(dataset(6), FakeCache(), batch_size=4, seed=1, threads=2, prefetch=3)
-    fresh = Loader(dataset(6), FakeCache(), batch_size=4, seed=1, threads=2, prefetch=0)
+def test_epochs_shorter_than_the_prefetch_chain_without_leftovers(opened):
+    loader = opened.loader(dataset(6), FakeCache(), batch_size=4, seed=1, threads=2, prefetch=3)
+    fresh = opened.loader(dataset(6), FakeCache(), batch_size=4, seed=1, threads=2, prefetch=0)
     for epoch in range(4):
         assert [b.ids for b in loader.epoch(epoch)] == [b.ids for b in fresh.epoch(epoch)]
     loader.close()

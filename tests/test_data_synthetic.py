@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from qcxr.data import cli as data_cli
-from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT, nih_label_file
-from qcxr.data.synthetic import MIMIC_26, generate_study, study_paths
+from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT, nih_label_file, study_paths
+from qcxr.data.synthetic import generate_study
+from qcxr.data.synthetic_labels import EXTRA_RATE, MIMIC_26, study_labels
 from qcxr.labels import TASKS, resolve_task
 
 SIZES = {"n_train": 40, "n_val": 15, "n_test": 20, "n_mimic": 30, "image_size": 96}
@@ -135,7 +136,6 @@ def test_study_cache_build_then_loader(study, capsys):
 
 
 def test_cxr26_study_with_extra_labels_writes_mimic_training_files(tmp_path, capsys):
-    from qcxr.data.synthetic import EXTRA_RATE, study_labels
     from qcxr.labels import LABEL_SETS, canonical
 
     args = ["synth", str(tmp_path / "s"), "--n-train", "12", "--n-val", "6", "--n-test", "4"]
@@ -171,3 +171,14 @@ def test_nih_label_sets_need_no_mimic_training_files(study):
     assert study.labels_file.read_text().splitlines()[-1] == "No Finding"
     assert not study.mimic_split_csv["train"].exists()
     assert study.mimic_split_csv["test"] == study.mimic_csv
+
+
+def test_nih_label_set_with_extra_labels_trains_on_mimic(tmp_path):
+    """nih20 + extra labels: MIMIC train/val files; MIMIC-only positives outside the set (Lung
+    Opacity, ...) leave no texture (this study once failed on them)."""
+    sizes = {"n_train": 8, "n_val": 4, "n_test": 4, "n_mimic": 6, "image_size": 32}
+    paths = generate_study(tmp_path, seed=2, progress=False, task="nih20", extra_labels=2, **sizes)
+    names = paths.labels_file.read_text().splitlines()
+    assert names == [*resolve_task("nih20").labels, "Finding 1", "Finding 2"]
+    frame = pd.read_csv(paths.mimic_split_csv["train"])
+    assert len(frame) >= 8 and {"Lung Opacity", "Finding 1", "Finding 2"} <= set(frame.columns)

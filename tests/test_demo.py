@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from qcxr import configs, demo
 from qcxr.cli import main
+from qcxr.labels import resolve_task
 
 
 def test_tiny_demo_writes_a_full_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,3 +45,26 @@ def test_tiny_demo_writes_a_full_report(tmp_path: Path, monkeypatch: pytest.Monk
         frame = pd.read_csv(summary / table)
         assert len(frame) > 0, table
         assert frame.notna().any(axis=None), table
+
+
+def demo_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    demo.register(parser.add_subparsers())
+    return parser.parse_args(["demo", *argv])
+
+
+def test_the_demo_grid_is_the_bundled_demo_config_with_the_demo_sizes(tmp_path: Path) -> None:
+    args = demo_args("--out", str(tmp_path), "--seeds", "2", "--mode", "finetune")
+    config = configs.path(args.config)
+    assert config == configs.path("demo")  # the packaged file, wherever qcxr is installed
+    grid_file = demo._grid_file(args, config, resolve_task("cxr8"), tmp_path / "s", tmp_path / "f")
+    grid, bundled = yaml.safe_load(grid_file.read_text()), yaml.safe_load(config.read_text())
+    assert grid["experiment"] == bundled["experiment"]
+    assert grid["train"] == {**bundled["train"], "mode": "finetune"}
+    assert grid["grid"]["train.seed"] == [0, 1] and grid["data"]["study"] == str(tmp_path / "s")
+
+
+def test_an_unknown_demo_config_fails_before_any_stage(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path / "out"), "--config", "nope"]) == 1
+    assert "bundled: cxr-lt, demo, labels45, paper" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from qcxr.config import DataConfig
+from qcxr.data.augment import augment
 from qcxr.features import (
     FeatureStore,
     done_ids,
@@ -18,6 +19,7 @@ from qcxr.features import (
     load_feature_store,
     partial_dir,
     save_feature_store,
+    view_keys,
 )
 
 
@@ -173,13 +175,28 @@ def test_augmented_views_depend_on_seed_id_and_view_only(tmp_path, tiny):
 
 
 def test_views_use_the_data_augmentation_by_default(tmp_path, tiny):
-    """Contract C's augment (flip, rotation, normalisation) feeds the views."""
+    """qcxr.data.augment.augment (flip, rotation, normalisation) feeds the views, image by image
+    with the documented keys view_keys(ids, view, seed); no view is the plain image."""
     model, variables = tiny
+    ids, images = IDS[:2], make_images(2)
     store = extract_features(
-        batches_of(IDS[:2], make_images(2), 2), variables, tmp_path / "f.safetensors",
-        weights="w", views=3, model=model, progress=False,
+        batches_of(ids, images, 2), variables, tmp_path / "f.safetensors",
+        weights="w", views=3, seed=4, model=model, progress=False,
     )  # fmt: skip
-    assert store.features.shape == (2, 3, 8) and np.isfinite(store.features).all()
+    plain = extract_features(
+        batches_of(ids, images, 2), variables, tmp_path / "plain.safetensors",
+        weights="w", model=model, progress=False,
+    )  # fmt: skip
+    assert store.features.shape == (2, 3, 8)
+    for k in range(3):
+        keys = view_keys(ids, k, seed=4)
+        for i in range(2):
+            view = augment(images[i : i + 1], keys[i])
+            expected = np.asarray(model.apply(variables, view))[0]
+            np.testing.assert_allclose(store.features[i, k], expected, atol=1e-5, rtol=1e-5)
+            assert not np.allclose(store.features[i, k], plain.features[i], atol=1e-3)
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not np.allclose(store.features[:, a], store.features[:, b], atol=1e-3)
 
 
 def test_malformed_store_is_an_error_naming_the_file(tmp_path):

@@ -52,7 +52,6 @@ def test_initialisation() -> None:
 
 
 def test_dqc_head_backends_agree() -> None:
-    pytest.importorskip("pennylane")
     feats = jax.random.normal(jax.random.PRNGKey(1), (4, 2048))
     sv_head = DressedQuantumHead(5, backend="statevector")
     pl_head = DressedQuantumHead(5, backend="pennylane")

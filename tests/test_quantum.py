@@ -29,8 +29,7 @@ from qcxr.quantum.ansatz import (
     parity_masks,
     qubit_groups,
 )
-
-pytest.importorskip("pennylane")
+from qcxr.quantum.state_kernels import product_state
 
 ENTANGLERS = ("ring", "chain", "none")
 CASES = [(n, layers, ent) for n in (1, 2, 3, 5, 8, 12) for layers in (1, 3) for ent in ENTANGLERS]
@@ -90,30 +89,41 @@ def test_pennylane_backend_matches_reference() -> None:
     _assert_matches_pennylane_reference(_qcxr("ring", "pennylane"), 4, 2, "ring", seed=4)
 
 
+def _statevector(entangler: str, **knobs):
+    """The simulator itself with its tuning knobs (group_size, chunk, cycle) set."""
+    return lambda x, w: sv.expvals(x, w, entangler, **knobs)
+
+
 @pytest.mark.parametrize("entangler", ENTANGLERS)
-def test_one_sample_chunks_match_pennylane(monkeypatch: pytest.MonkeyPatch, entangler: str) -> None:
+def test_one_sample_chunks_match_pennylane(entangler: str) -> None:
     """Chunks of one sample (n >= 16 by default) cycle the qubit groups: another code path."""
-    monkeypatch.setenv("QCXR_SV_CHUNK", "1")
-    sv._CIRCUITS.clear()
-    try:
-        _assert_matches_pennylane_reference(_qcxr(entangler), 8, 4, entangler, seed=84)
-    finally:
-        sv._CIRCUITS.clear()
+    expvals = _statevector(entangler, chunk=1)
+    _assert_matches_pennylane_reference(expvals, 8, 4, entangler, seed=84)
 
 
-def test_layout_choices_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunking and fusion width are performance knobs only."""
+def test_layout_choices_do_not_change_results() -> None:
+    """Chunking, fusion width and cycling are performance knobs only."""
     x, w = _inputs(9, 4, seed=3, batch=4)
     base = _values_and_grads(_qcxr("ring"), x, w, jit=True)
-    for chunk, group in (("1", "2"), ("2", "3"), ("4", "9")):
-        monkeypatch.setenv("QCXR_SV_CHUNK", chunk)
-        monkeypatch.setenv("QCXR_SV_GROUP", group)
-        sv._CIRCUITS.clear()
-        got = _values_and_grads(_qcxr("ring"), x, w, jit=True)
+    for knobs in (
+        {"chunk": 1, "group_size": 2},
+        {"chunk": 2, "group_size": 3},
+        {"chunk": 4, "group_size": 9},
+        {"chunk": 3, "group_size": 20},  # rounded to a divisor of the batch (2); at most n
+        {"chunk": 1, "cycle": False},
+    ):
+        got = _values_and_grads(_statevector("ring", **knobs), x, w, jit=True)
         np.testing.assert_allclose(got[0], base[0], atol=1e-6)
         np.testing.assert_allclose(got[1], base[1], atol=1e-5)
         np.testing.assert_allclose(got[2], base[2], atol=1e-5)
-    sv._CIRCUITS.clear()
+
+
+def test_knobs_resolve_to_the_measured_defaults() -> None:
+    assert sv.default_group_size(9) == 4 and sv.default_group_size(3) == 3
+    assert sv.group_size_for(9) == 4 and sv.group_size_for(9, 20) == 9
+    assert sv.default_chunk(12, 32) == 32 and sv.default_chunk(15, 32) == 16
+    assert sv.default_chunk(16, 32) == 1 and sv.default_chunk(14, 6) == 6
+    assert sv.chunk_for(6, 4) == 3 and sv.chunk_for(7, 4) == 1 and sv.chunk_for(4, 0) == 1
 
 
 # --- the references agree with each other -------------------------------------------------
@@ -149,26 +159,24 @@ def test_numpy_adjoint_matches_central_differences() -> None:
 # --- large circuits: the code paths that start above n = 12 -------------------------------
 
 
-def _check_large(n: int, layers: int, entangler: str, batch: int) -> None:
+def _check_large(n: int, layers: int, entangler: str, batch: int, **knobs) -> None:
     x, w = _inputs(n, layers, seed=n, batch=batch)
     cotangent = np.broadcast_to(_probe(n), (batch, n))
     values, d_x, d_w = numpy_expvals_and_grads(x, w, entangler, cotangent)
-    ours, g_x, g_w = _values_and_grads(_qcxr(entangler), x, w, jit=True)
+    expvals = _statevector(entangler, **knobs) if knobs else _qcxr(entangler)
+    ours, g_x, g_w = _values_and_grads(expvals, x, w, jit=True)
     np.testing.assert_allclose(ours, values, atol=1e-5)
     np.testing.assert_allclose(g_x, d_x, atol=1e-4)
     np.testing.assert_allclose(g_w, d_w, atol=1e-4)
 
 
-@pytest.mark.parametrize("cycle", ["1", "0"])
-def test_tail_group_of_one_sample_matches_reference(
-    monkeypatch: pytest.MonkeyPatch, cycle: str
-) -> None:
+@pytest.mark.parametrize("cycle", [True, False])
+def test_tail_group_of_one_sample_matches_reference(cycle: bool) -> None:
     """n > 12 with one sample per chunk: the last 6 qubits form one group, applied by cycling
-    the groups (default) or in place (QCXR_SV_CYCLE=0: the only user of that product form)."""
-    monkeypatch.setenv("QCXR_SV_CYCLE", cycle)
+    the groups (default) or in place (cycle=False: the only user of that product form)."""
     n, batch = 13, 1
     assert sv.default_chunk(n, batch) == 1 and qubit_groups(n, 4, True)[-1] == 6
-    _check_large(n, 3, "chain", batch)
+    _check_large(n, 3, "chain", batch, cycle=cycle)
 
 
 def test_one_sample_chunks_by_default_match_reference() -> None:
@@ -260,7 +268,7 @@ def test_jit_and_vmap() -> None:
 
 def test_product_state_is_normalised_kronecker() -> None:
     angles = jnp.asarray(np.random.default_rng(0).uniform(0, 3, (2, 5)), jnp.float32)
-    psi = np.asarray(sv.product_state(angles))
+    psi = np.asarray(product_state(angles))
     for c in range(2):
         ref = np.array([1.0])
         for a in np.asarray(angles[c]):

@@ -11,9 +11,9 @@ import pytest
 from qcxr.data.augment import augment_params
 from qcxr.data.cache import ImageCache
 from qcxr.data.loader import Loader, epoch_order
+from qcxr.rundir import epoch_rows
 from qcxr.train.checkpoint import load_best
-from qcxr.train.history import epoch_rows
-from qcxr.train.loop import train_finetune
+from qcxr.train.finetune import train_finetune
 from qcxr.train.model import build_model, init_variables
 from test_train_support import finetune_config, small_study
 

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qcxr.rundir import epoch_rows, is_finished
 from qcxr.train.checkpoint import RunCheckpoints, load_best
-from qcxr.train.history import epoch_rows
-from qcxr.train.loop import is_finished, train_frozen
+from qcxr.train.frozen import train_frozen
 from qcxr.train.model import build_model
 from test_train_support import config, frozen_data, history_without_time
 
@@ -29,19 +29,31 @@ def val_loss_of(cfg, variables, data) -> float:
     return float(bce.mean())
 
 
-FED: dict[tuple, list] = {}  # (head, seed) -> batches fed, filled by the next test
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Both heads trained for 4 epochs on seeds 0 and 1: {head: (results, run dirs, fed)}, where
+    fed[seed] lists the (epoch, position, ids) of every batch that seed was fed."""
+    data = frozen_data()
+    out = {}
+    for head in ("cdl", "dqc"):
+        fed: dict[int, list] = {}
 
+        def record(cfg, epoch, position, ids, views, fed=fed):
+            fed.setdefault(cfg.train.seed, []).append((epoch, position, ids))
 
-def record(cfg, epoch, position, ids, views):
-    FED.setdefault((cfg.model.head, cfg.train.seed), []).append((epoch, position, ids))
+        cfg = config(model={"head": head}, train={"max_epochs": 4})
+        root = tmp_path_factory.mktemp(head)
+        dirs = [root / f"seed-{s}" for s in (0, 1)]
+        results = train_frozen(seeds_of(cfg, (0, 1)), dirs, data, progress=False, on_batch=record)
+        out[head] = (results, dirs, fed)
+    return out
 
 
 @pytest.mark.parametrize("head", ["cdl", "dqc"])
-def test_heads_learn_and_best_checkpoint_is_lowest_val_loss(tmp_path, head):
+def test_heads_learn_and_best_checkpoint_is_lowest_val_loss(trained, head):
     data = frozen_data()
     cfg = config(model={"head": head}, train={"max_epochs": 4})
-    dirs = [tmp_path / f"seed-{s}" for s in (0, 1)]
-    results = train_frozen(seeds_of(cfg, (0, 1)), dirs, data, progress=False, on_batch=record)
+    results, dirs, _ = trained[head]
     for result, run_dir in zip(results, dirs, strict=True):
         assert result.status == "finished" and is_finished(run_dir)
         epochs = epoch_rows(run_dir / "history.csv")
@@ -59,7 +71,7 @@ def test_heads_learn_and_best_checkpoint_is_lowest_val_loss(tmp_path, head):
         assert len(steps) == 4 * 20 and list(steps["step"]) == list(range(1, 81))
         first = steps[steps["epoch"] == 1]["train_loss"].mean()
         assert epochs["train_loss"][0] == pytest.approx(first, 1e-6)
-        # Predictions of the best checkpoint, interface D columns, checked against the model.
+        # Predictions of the best checkpoint, the columns of qcxr.rundir, checked against the model.
         preds = pd.read_parquet(run_dir / "predictions-nih.parquet")
         names = data.tests["nih"].label_names
         assert list(preds.columns) == ["id"] + [f"{k}:{n}" for n in names for k in ("p", "y")]
@@ -87,10 +99,9 @@ def test_early_stopping_stops_after_patience_without_improvement(tmp_path):
     assert best_meta["val_loss"] == pytest.approx(epochs["val_loss"][best])
 
 
-def test_same_seed_same_batches_for_cdl_and_dqc():
-    """What the two parametrisations above were fed (run them first: same module)."""
-    if ("dqc", 1) not in FED:
-        pytest.skip("needs test_heads_learn_and_best_checkpoint_is_lowest_val_loss")
+def test_same_seed_same_batches_for_cdl_and_dqc(trained):
+    """What the two heads were fed, seed by seed."""
+    FED = {(head, seed): batches for head in trained for seed, batches in trained[head][2].items()}
     assert FED[("cdl", 0)] == FED[("dqc", 0)]
     assert FED[("cdl", 1)] == FED[("dqc", 1)]
     assert FED[("cdl", 0)] != FED[("cdl", 1)]

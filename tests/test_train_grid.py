@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -13,8 +12,8 @@ from safetensors.numpy import save_file
 from qcxr import config as config_lib
 from qcxr.cli import main
 from qcxr.labels import TASKS
+from qcxr.rundir import epoch_rows
 from qcxr.train.grid import cells, read_grid
-from qcxr.train.history import epoch_rows
 from test_train_support import frozen_data
 
 # Settings whose default is a run-time choice ("auto") and which paper.yaml pins instead.
@@ -173,6 +172,40 @@ def test_feature_rows_without_labels_are_an_error_naming_the_file(tmp_path):
     from qcxr.train.data import load_frozen_data
 
     cfg = config_lib.from_dict({"data": {"study": str(study), "features": str(features)}})
-    with pytest.raises(ValueError, match=r"train\.safetensors.*unknown\.png"):
+    with pytest.raises(ValueError, match=r"train\.safetensors.*unknown\.png") as err:
         load_frozen_data(cfg)
-    assert np.isfinite(data.train.inputs).all()
+    # It names the label file the id is missing from and how many rows lack labels.
+    assert "1 feature row id(s)" in str(err.value)
+    assert str(study / "nih") in str(err.value)
+
+
+def test_yaml_eval_settings_reach_metrics_and_report(tmp_path):
+    """A grid file's eval: section is what `qcxr run` scores with and `qcxr report` tests with."""
+    from sklearn.metrics import f1_score
+
+    study, features = write_study_and_features(tmp_path, frozen_data(n_train=96))
+    grid = {
+        "experiment": "evalset",
+        "grid": {"model.head": ["cdl", "dqc"], "train.seed": [0, 1]},
+        "train": {"mode": "frozen", "max_epochs": 1, "learning_rate": 0.003},
+        "eval": {"f1_threshold": 0.3, "alpha": 0.1, "bootstrap": 40},
+    }
+    path = tmp_path / "evalset.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "runs" / "evalset"
+    common = ["--study", str(study), "--features", str(features), "--no-progress"]
+    assert main(["run", str(path), "--out", str(out), *common]) == 0
+    run = out / "cxr8" / "cdl" / "seed-0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["eval"]["f1_threshold"] == 0.3
+    preds = pd.read_parquet(run / "predictions-nih.parquet")
+    label = "Effusion"
+    expected = f1_score(preds[f"y:{label}"], preds[f"p:{label}"] >= 0.3)
+    got = metrics["testsets"]["nih"]["labels"][label]["f1"]
+    assert got == pytest.approx(expected)
+    assert got != pytest.approx(f1_score(preds[f"y:{label}"], preds[f"p:{label}"] >= 0.5))
+    assert main(["report", str(out)]) == 0
+    report = (out / "summary" / "report.html").read_text()
+    assert "alpha = 0.1" in report and "bootstrap = 40 resamples" in report
+    boot = pd.read_csv(out / "summary" / "bootstrap.csv")
+    assert set(boot["resamples"]) == {40}

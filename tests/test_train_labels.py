@@ -14,12 +14,12 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from qcxr.cli import main
-from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT
-from qcxr.data.synthetic import generate_study, study_paths
+from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT, study_paths
+from qcxr.data.synthetic import generate_study
 from qcxr.evaluate import plots, report
 from qcxr.labels import resolve_task
-from qcxr.train.history import epoch_rows
-from qcxr.train.model import circuit_backend
+from qcxr.quantum.cost import resolve_backend
+from qcxr.rundir import epoch_rows
 
 FIVE = ["Support Devices", "Lung Lesion", "Pleural Effusion", "Finding 1", "No Finding"]
 
@@ -79,7 +79,7 @@ def test_a_named_list_trains_on_mimic_files_and_records_auto(study, tmp_path):
     assert saved["task"] == "my5" and saved["labels"] == FIVE
     assert saved["model"]["backend"] == "auto" and saved["data"]["source"] == "auto"
     resolved = json.loads((run / "versions.json").read_text())["resolved"]
-    assert resolved == {"model.backend": circuit_backend("auto", 5, 3, "ring"),
+    assert resolved == {"model.backend": resolve_backend("auto", 5, 3, "ring"),
                         "data.source": "mimic"}  # fmt: skip
     canonical = ["Support Devices", "Lesion", "Effusion", "Finding 1", "No Finding"]
     internal = pd.read_parquet(run / "predictions-mimic.parquet")
@@ -151,7 +151,7 @@ def e2e(tmp_path: Path, task_argv: list[str], synth_argv: list[str]) -> list[flo
     (run,) = runs.glob("*/dqc/seed-0")
     resolved = json.loads((run / "versions.json").read_text())["resolved"]
     n = len(pd.read_parquet(run / "predictions-mimic.parquet").filter(like="p:").columns)
-    assert resolved["model.backend"] == circuit_backend("auto", n, 3, "ring")
+    assert resolved["model.backend"] == resolve_backend("auto", n, 3, "ring")
     assert main(["report", str(runs), "--bootstrap", "0"]) == 0
     assert (runs / "summary" / "figures" / f"auroc-{run.parts[-3]}-mimic.png").is_file()
     print(f"{run.parts[-3]}: n = {n}, backend {resolved}, val losses {val_losses(run)}")
@@ -180,6 +180,6 @@ def test_cxr26_finetune_on_mimic_files(study, tmp_path):
     assert main(argv) == 0
     run = tmp_path / "runs" / "cxr26" / "dqc" / "seed-0"
     resolved = json.loads((run / "versions.json").read_text())["resolved"]
-    assert resolved == {"model.backend": circuit_backend("auto", 26, 3, "ring"),
+    assert resolved == {"model.backend": resolve_backend("auto", 26, 3, "ring"),
                         "data.source": "mimic"}  # fmt: skip
     assert len(pd.read_parquet(run / "predictions-mimic.parquet").filter(like="p:").columns) == 26

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qcxr.rundir import read_status as run_status
 from qcxr.train.checkpoint import RunCheckpoints
-from qcxr.train.loop import run_status, train_finetune, train_frozen
+from qcxr.train.finetune import train_finetune
+from qcxr.train.frozen import train_frozen
 from test_train_support import (
     TESTS,
     _with_seed,

@@ -48,11 +48,10 @@ def frozen_data(
 
 def config(**sections):
     """A frozen-mode Config with small-data settings, overridden by nested `sections`."""
-    from qcxr.config import from_dict
-    from qcxr.train.grid import _merge
+    from qcxr.config import from_dict, merge
 
     base = {"train": {"mode": "frozen", "learning_rate": 3e-3, "max_epochs": 4}}
-    return from_dict(_merge(base, sections))
+    return from_dict(merge(base, sections))
 
 
 def history_without_time(run_dir: Path) -> pd.DataFrame:
@@ -82,8 +81,7 @@ def small_study(root: Path, seed: int = 0) -> Path:
 
 def finetune_config(study: Path, cache: Path, **sections):
     """A finetune Config on the tiny backbone (same code path as ResNet50)."""
-    from qcxr.config import from_dict
-    from qcxr.train.grid import _merge
+    from qcxr.config import from_dict, merge
 
     base = {
         "data": {"study": str(study), "cache": str(cache), "loader_threads": 2},
@@ -97,7 +95,7 @@ def finetune_config(study: Path, cache: Path, **sections):
             "checkpoint_every": 2,
         },
     }
-    return from_dict(_merge(base, sections))
+    return from_dict(merge(base, sections))
 
 
 def child(spec: dict) -> None:
@@ -106,7 +104,8 @@ def child(spec: dict) -> None:
     import json
     import time
 
-    from qcxr.train.loop import train_finetune, train_frozen
+    from qcxr.train.finetune import train_finetune
+    from qcxr.train.frozen import train_frozen
 
     kill_at = tuple(spec["kill_at"]) if spec.get("kill_at") else None
 
@@ -136,7 +135,8 @@ def two_devices_child(spec: dict) -> dict:
     import jax
 
     from qcxr.train import parallel
-    from qcxr.train.loop import train_finetune, train_frozen
+    from qcxr.train.finetune import train_finetune
+    from qcxr.train.frozen import train_frozen
 
     assert jax.device_count() == 2, jax.devices()
     out = Path(spec["out"])

@@ -18,7 +18,7 @@ SUBSYSTEMS = (
     "qcxr.data.cli",  # synth, labels stats, cache build / verify
     "qcxr.models.cli",  # model summary
     "qcxr.features_cli",  # features
-    "qcxr.train.cli",  # train, run
+    "qcxr.train_cli",  # train, run
     "qcxr.evaluate.cli",  # evaluate, report, predict
     "qcxr.bench.cli",  # bench quantum, bench table3
     "qcxr.demo",  # demo
@@ -81,13 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBSYSTEMS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:  # a real missing dependency, not a subsystem still to come
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import yaml
 
+from qcxr import configs
 from qcxr.cli import add_task_arguments, task_from_args
+from qcxr.config import MODES, ModelConfig
 from qcxr.labels import LABEL_SETS, Task
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO_CONFIG = "demo"  # the bundled configs/demo.yaml (qcxr.configs)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,13 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--size", type=int, default=256, help="synthetic image size")
     demo.add_argument("--crop", type=int, default=128,
                       help="model input size (paper: 224; smaller keeps the CPU demo short)")  # fmt: skip
-    demo.add_argument("--weights", default="microsoft/resnet-50",
+    demo.add_argument("--weights", default=ModelConfig().weights,
                       help="backbone weights; falls back to random ones when unavailable")  # fmt: skip
-    demo.add_argument("--mode", default="frozen", choices=["frozen", "finetune"])
+    demo.add_argument("--mode", default="frozen", choices=MODES)
     demo.add_argument(
         "--epochs", type=int, default=None, help="max epochs (default: the paper's 50)"
     )
-    demo.add_argument("--config", type=Path, default=DEMO_CONFIG)
+    demo.add_argument("--config", default=DEMO_CONFIG,
+                      help="grid YAML: a file, or a bundled config's name (%(default)s)")  # fmt: skip
     demo.set_defaults(func=run_demo)
 
 
@@ -100,8 +103,11 @@ def _feature_splits(task: Task, study: Path) -> list[str]:
     return [*TRAIN_STORES[training_source(config)].values(), *TESTSETS.values()]
 
 
-def _grid_file(args: argparse.Namespace, task: Task, study: Path, features: Path) -> Path:
-    grid = yaml.safe_load(args.config.read_text())
+def _grid_file(
+    args: argparse.Namespace, config: Path, task: Task, study: Path, features: Path
+) -> Path:
+    """The demo's grid: `config` with the demo's task, seeds, mode, epochs and data set."""
+    grid = yaml.safe_load(config.read_text())
     grid.setdefault("grid", {})
     grid["grid"]["task"] = [task.name]
     if list(task.labels) != LABEL_SETS.get(task.name):
@@ -121,6 +127,7 @@ def _grid_file(args: argparse.Namespace, task: Task, study: Path, features: Path
 
 def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    config = configs.path(args.config)  # before any stage: a wrong name fails at once
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     study, cache, features = out / "study", out / "cache", out / "features"
@@ -154,7 +161,7 @@ def run_demo(args: argparse.Namespace) -> int:
         _stage("3/6 finetune mode: no feature store")
 
     t = _stage(f"4/6 train CDL and DQC heads, {args.seeds} seeds ({args.mode})")
-    grid = _grid_file(args, task, study, features)
+    grid = _grid_file(args, config, task, study, features)
     experiment = out / "runs"
     _call(["run", str(grid), "--out", str(experiment), "--set", f"model.weights={weights}"])
     print(f"   {time.perf_counter() - t:.0f} s")
@@ -176,4 +183,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_demo(argparse.ArgumentParser().parse_args()))
+    from qcxr.cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))

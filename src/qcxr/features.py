@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from qcxr.config import changed_settings, describe_changes
+
 FEATURES = "features"
 MANIFEST = "manifest.json"
-SETTINGS = ("weights", "views", "seed", "dtype")  # a resumed run must match these
+DTYPES = ("float32", "bfloat16")  # the backbone's compute dtype (bfloat16 is for GPUs)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ def view_keys(ids: Sequence[str], view: int, seed: int) -> Any:
 
 
 def default_augment() -> Callable[[Any, Any], Any]:
-    """qcxr.data.augment.augment (contract C): uint8 images, key -> normalised float32 views."""
+    """The training augmentation, qcxr.data.augment.augment: uint8 images and a PRNG key ->
+    normalised float32 views."""
     from qcxr.data.augment import augment
 
     return augment
@@ -148,22 +151,73 @@ def _chunks(directory: Path) -> list[Path]:
     return sorted(directory.glob("chunk-*.safetensors")) if directory.is_dir() else []
 
 
+def store_settings(weights: str, views: int, seed: int, dtype: str) -> dict[str, str]:
+    """What a store's rows are computed with: an extraction resumes, and a store is up to date,
+    only when these match. Without views the seed changes nothing, so it is "none"."""
+    return {
+        "weights": weights,
+        "views": str(views),
+        "seed": str(seed) if views else "none",
+        "dtype": dtype,
+    }
+
+
 def _open_partial(out: Path, settings: dict[str, str]) -> Path:
     directory = partial_dir(out)
     manifest = directory / MANIFEST
     if manifest.is_file():
-        previous = json.loads(manifest.read_text())
-        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        changed = changed_settings(json.loads(manifest.read_text()), settings)
         if changed:
-            detail = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
             raise ValueError(
-                f"{directory}: an unfinished extraction with other settings ({detail}); "
+                f"{directory}: an unfinished extraction with other settings "
+                f"({describe_changes(changed)}); "
                 "rerun with the same settings to resume it, or delete the directory to restart"
             )
     else:
         directory.mkdir(parents=True, exist_ok=True)
         manifest.write_text(json.dumps(settings, indent=2))
     return directory
+
+
+@dataclass
+class _ChunkWriter:
+    """Finished rows of an extraction, saved to `<out>.partial/` every `chunk_rows` rows."""
+
+    directory: Path
+    settings: dict[str, str]
+    chunk_rows: int
+    index: int  # the next chunk file's number
+    ids: list[str] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, ids: list[str], rows: np.ndarray) -> None:
+        self.ids.extend(ids)
+        self.rows.append(rows)
+        if len(self.ids) >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.ids:
+            chunk = FeatureStore(self.ids[:], np.concatenate(self.rows), self.settings)
+            save_feature_store(self.directory / f"chunk-{self.index:06d}.safetensors", chunk)
+            self.index += 1
+            self.ids.clear()
+            self.rows.clear()
+
+
+def _new_rows(
+    ids: Sequence[str], images: np.ndarray, resumed: set[str], seen: set[str]
+) -> tuple[list[str], np.ndarray]:
+    """A batch without the ids finished before an interruption; an id seen twice is an error."""
+    ids = list(ids)
+    keep = [j for j, i in enumerate(ids) if i not in resumed]
+    if len(keep) < len(ids):  # part of this batch was done before an interruption
+        ids, images = [ids[j] for j in keep], np.asarray(images)[keep]
+    duplicates = sorted({i for i in ids if i in seen} | {i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"image ids occur more than once in the input: {duplicates[:5]}")
+    seen.update(ids)
+    return ids, images
 
 
 def extract_features(
@@ -192,63 +246,39 @@ def extract_features(
     batches so that one compiled shape serves all. Returns the merged store.
     """
     import jax
-    import jax.numpy as jnp
-
-    from qcxr.models.resnet import resnet50
 
     out = Path(out)
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be float32 or bfloat16, not {dtype!r}")
-    # Without views the seed changes nothing, so it must not block resuming or reuse.
-    settings = {
-        "weights": weights,
-        "views": str(views),
-        "seed": str(seed) if views else "none",
-        "dtype": dtype,
-    }
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be {' or '.join(DTYPES)}, not {dtype!r}")
+    settings = store_settings(weights, views, seed, dtype)
     directory = _open_partial(out, settings)
     if views and augment_fn is None:
         augment_fn = default_augment()
-    model = model or resnet50(dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
-    forward = _forward_fn(model, views, augment_fn)
+    forward = _forward_fn(model or _backbone(dtype), views, augment_fn)
     variables = jax.device_put(variables)
 
     finished = done_ids(out)
     resumed, seen = set(finished), set()
-    chunk_index = len(_chunks(directory))
-    pending_ids: list[str] = []
-    pending: list[np.ndarray] = []
-
-    def flush() -> None:
-        nonlocal chunk_index
-        if pending_ids:
-            chunk = FeatureStore(pending_ids[:], np.concatenate(pending), settings)
-            save_feature_store(directory / f"chunk-{chunk_index:06d}.safetensors", chunk)
-            chunk_index += 1
-            pending_ids.clear()
-            pending.clear()
-
+    writer = _ChunkWriter(directory, settings, chunk_rows, len(_chunks(directory)))
     bar = _progress(total, len(finished), progress)
-    for ids, images in batches:
-        ids = list(ids)
-        keep = [j for j, i in enumerate(ids) if i not in resumed]
-        if len(keep) < len(ids):  # part of this batch was done before an interruption
-            ids, images = [ids[j] for j in keep], np.asarray(images)[keep]
-        if not ids:
-            continue
-        duplicates = sorted({i for i in ids if i in seen} | {i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"image ids occur more than once in the input: {duplicates[:5]}")
-        seen.update(ids)
-        rows = _run(forward, variables, np.asarray(images), ids, views, seed, batch_size)
-        pending_ids.extend(ids)
-        pending.append(rows)
-        bar.update(len(ids))
-        if len(pending_ids) >= chunk_rows:
-            flush()
-    flush()
+    for batch_ids, batch_images in batches:
+        ids, images = _new_rows(batch_ids, batch_images, resumed, seen)
+        if ids:
+            writer.add(
+                ids, _run(forward, variables, np.asarray(images), ids, views, seed, batch_size)
+            )
+            bar.update(len(ids))
+    writer.flush()
     bar.close()
     return _merge(out, directory, settings, meta or {})
+
+
+def _backbone(dtype: str) -> Any:
+    import jax.numpy as jnp
+
+    from qcxr.models.resnet import resnet50
+
+    return resnet50(dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
 
 
 def _run(forward, variables, images, ids, views, seed, batch_size) -> np.ndarray:

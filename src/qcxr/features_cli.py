@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from qcxr.cli import add_task_arguments, task_from_args
+from qcxr.features import DTYPES
 
 # NIH-CXR-LT train, val, test; MIMIC-CXR-LT test ("mimic") and, for studies that train on
 # MIMIC (labels NIH lacks), its train and val files. Store names: <split>.safetensors.
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
     parser.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
+        choices=DTYPES,
         default="float32",
         help="backbone compute dtype; bfloat16 is for GPUs",
     )
@@ -62,7 +63,7 @@ def split_files(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
         return args.csv, args.images, args.metadata
     if not args.study:
         raise ValueError("give --study ROOT, or both --csv and --images")
-    from qcxr.data.synthetic import study_paths
+    from qcxr.data.datasets import study_paths
 
     study = study_paths(args.study)
     if args.split.startswith("mimic"):
@@ -137,7 +138,7 @@ def run_features(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         total=len(dataset.ids),
         progress=not args.no_progress,
-        meta={"split": args.split, "labels_checksum": getattr(dataset, "checksum", "")},
+        meta={"split": args.split, "labels_checksum": dataset.checksum},
     )
     missing = set(dataset.ids) - set(store.ids)
     if missing:
@@ -148,15 +149,10 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def _up_to_date(args: argparse.Namespace, ids: list[str], identity: str) -> bool:
-    from qcxr.features import load_feature_store
+    from qcxr.features import load_feature_store, store_settings
 
     store = load_feature_store(args.out)
-    wanted = {
-        "weights": identity,
-        "views": str(args.views),
-        "seed": str(args.seed) if args.views else "none",
-        "dtype": args.dtype,
-    }
+    wanted = store_settings(identity, args.views, args.seed, args.dtype)
     return store.ids == ids and all(store.meta.get(k) == v for k, v in wanted.items())
 
 

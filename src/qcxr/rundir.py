@@ -59,12 +59,20 @@ def run_path(experiment_dir: str | Path, task: str, head: str, seed: int) -> Pat
     return Path(experiment_dir) / task / head / f"seed-{seed}"
 
 
+def seed_of(run_dir: str | Path) -> int | None:
+    """k of a run directory named seed-<k> (None for another name)."""
+    name = Path(run_dir).name
+    number = name.removeprefix("seed-")
+    return int(number) if name.startswith("seed-") and number.isdigit() else None
+
+
 def config_run_path(experiment_dir: str | Path, config: Config) -> Path:
     return run_path(experiment_dir, config.task, config.model.head, config.train.seed)
 
 
 def experiment_of(run_dir: str | Path) -> Path:
-    """The experiment directory of a run in the grid layout (its parent for a shallower one)."""
+    """The experiment directory of a run in the grid layout: three levels up (its parent when
+    the path has fewer levels)."""
     run_dir = Path(run_dir)
     return run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir.parent
 
@@ -96,8 +104,10 @@ def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:
     write_json(Path(run_dir) / STATUS, status)
 
 
-def clear_status(run_dir: str | Path) -> None:
-    (Path(run_dir) / STATUS).unlink(missing_ok=True)
+def clear_results(run_dir: str | Path) -> None:
+    """Remove status.json and metrics.json: a run (re)starting training has neither yet."""
+    for name in (STATUS, METRICS):
+        (Path(run_dir) / name).unlink(missing_ok=True)
 
 
 def result_of(run_dir: str | Path) -> RunResult | None:

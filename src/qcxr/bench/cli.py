@@ -1,8 +1,14 @@
-"""`qcxr bench quantum` and `qcxr bench table3`."""
+"""`qcxr bench quantum` and `qcxr bench table3`, and the `--config` option they share."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TypeVar
+
+from qcxr.config import Config
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,3 +26,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     table3.add_arguments(t)
     t.set_defaults(func=table3.run)
+
+
+def add_config_argument(parser: argparse.ArgumentParser, settings: str) -> None:
+    """--config YAML, whose `settings` give the defaults of the options left unset."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help=f"experiment config whose {settings} give the defaults of the options left unset; "
+        "default: the paper's (qcxr.config)",
+    )
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    """The config named by --config, else the paper's defaults."""
+    from qcxr.config import load
+
+    path = getattr(args, "config", None)
+    return load(path) if path is not None else Config()
+
+
+def given(value: T | None, default: T) -> T:
+    """An option's value when it was given, else the config's."""
+    return default if value is None else value

@@ -3,6 +3,8 @@
 The step is the one training runs: pooled features (B, 2048) -> head -> mean BCE -> gradients
 -> Adam update, under jax.jit. Each (backend, n) runs in its own process so that its peak
 resident memory is its own and a crash or out-of-memory in one case does not end the others.
+`--config` gives the defaults of batch and learning rate (train:), layers and entangler (model:),
+warm-up and timed steps (bench:); explicit options win.
 """
 
 from __future__ import annotations
@@ -11,34 +13,33 @@ import argparse
 import csv
 import datetime as dt
 import json
-import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from qcxr.bench.cli import add_config_argument, config_of, given
+from qcxr.bench.machine import machine_info, peak_rss_mb
 from qcxr.config import BenchConfig, ModelConfig, TrainConfig
-from qcxr.quantum.ansatz import ENTANGLERS
+from qcxr.quantum import BACKENDS, ENTANGLERS
 
-BACKEND_NAMES = {
-    "mps": "qcxr mps",
-    "statevector": "qcxr statevector",
-    "auto": "qcxr auto",
+# Each case: the head's (backend, PennyLane device), one per simulator backend of the head
+# (qcxr.quantum.BACKENDS; "pennylane" on default.qubit) and PennyLane's MPS device.
+HEAD_BACKENDS = {
+    **{b: (b, "default.qubit" if b == "pennylane" else None) for b in BACKENDS},
+    "pennylane-tensor": ("pennylane", "default.tensor"),
+}
+CASES = (*HEAD_BACKENDS, "cdl")  # and the classical head, for scale
+CASE_NAMES = {
     "pennylane": "PennyLane default.qubit",
     "pennylane-tensor": "PennyLane default.tensor (quimb MPS)",
     "cdl": "classical head (CDL), for scale",
 }
-# The head's (backend, PennyLane device) for each benchmarked backend.
-HEAD_BACKENDS = {
-    "mps": ("mps", None),
-    "statevector": ("statevector", None),
-    "auto": ("auto", None),
-    "pennylane": ("pennylane", "default.qubit"),
-    "pennylane-tensor": ("pennylane", "default.tensor"),
-}
+BACKEND_NAMES = {case: CASE_NAMES.get(case, f"qcxr {case}") for case in CASES}
+DEFAULT_CASES = ("mps", "statevector", "pennylane")
 # Past these n a case is not started: 2^n amplitudes per sample (and PennyLane's per-gate
 # copies) exceed this machine's memory or any sensible time. Override with --max-qubits.
 MAX_QUBITS = {"statevector": 24, "pennylane": 20}
@@ -56,23 +57,37 @@ def skip_reason(n: int, backend: str, max_qubits: dict[str, int]) -> str | None:
     return None
 
 
-def head_step(n: int, backend: str, batch: int, layers: int, entangler: str):
+def head_step(
+    n: int,
+    backend: str,
+    batch: int,
+    layers: int,
+    entangler: str,
+    learning_rate: float = TrainConfig().learning_rate,
+):
     """(jitted step, initial state, batch) for the DQC head training step."""
+    from qcxr.models.heads import ClassicalHead, DressedQuantumHead
+
+    if backend == "cdl":
+        return training_step(ClassicalHead(n), n, batch, learning_rate)
+    head_backend, device = HEAD_BACKENDS[backend]
+    model = DressedQuantumHead(n, layers, entangler, head_backend, device)
+    return training_step(model, n, batch, learning_rate)
+
+
+def training_step(
+    model: Any, n: int, batch: int, learning_rate: float = TrainConfig().learning_rate
+):
+    """(jitted step, initial state, batch) of a head module on pooled features: BCE, its
+    gradients and an Adam update, as the paper's Table III times it."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from qcxr.models.heads import ClassicalHead, DressedQuantumHead
-
-    if backend == "cdl":
-        model = ClassicalHead(n)
-    else:
-        head_backend, device = HEAD_BACKENDS[backend]
-        model = DressedQuantumHead(n, layers, entangler, head_backend, device)
     features = jax.random.normal(jax.random.PRNGKey(1), (batch, 2048), jnp.float32)
     labels = (jax.random.uniform(jax.random.PRNGKey(2), (batch, n)) < 0.2).astype(jnp.float32)
     params = model.init(jax.random.PRNGKey(0), features)["params"]
-    optimizer = optax.adam(TrainConfig().learning_rate)
+    optimizer = optax.adam(learning_rate)
 
     def loss_fn(p, x, y):
         return optax.sigmoid_binary_cross_entropy(model.apply({"params": p}, x), y).mean()
@@ -87,12 +102,21 @@ def head_step(n: int, backend: str, batch: int, layers: int, entangler: str):
 
 
 def time_case(
-    n: int, backend: str, batch: int, layers: int, warmup: int, steps: int, entangler: str = "ring"
+    n: int,
+    backend: str,
+    batch: int,
+    layers: int,
+    warmup: int,
+    steps: int,
+    entangler: str = "ring",
+    learning_rate: float = TrainConfig().learning_rate,
 ) -> dict:
     """Compile + first step, then `warmup` untimed and `steps` timed steps, in this process."""
     import jax
 
-    step, (params, opt_state), (x, y) = head_step(n, backend, batch, layers, entangler)
+    step, (params, opt_state), (x, y) = head_step(
+        n, backend, batch, layers, entangler, learning_rate
+    )
     start = time.perf_counter()
     params, opt_state, loss = step(params, opt_state, x, y)
     jax.block_until_ready(loss)
@@ -106,7 +130,6 @@ def time_case(
         params, opt_state, loss = step(params, opt_state, x, y)
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - start)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "n": n,
         "backend": backend,
@@ -115,7 +138,7 @@ def time_case(
         "entangler": entangler,
         "compile_first_s": first,
         "step_times_s": times,
-        "peak_rss_mb": peak_kb / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "loss": float(loss),
         "device": str(jax.devices()[0].device_kind),
     }
@@ -126,6 +149,7 @@ def run_case_subprocess(n: int, backend: str, args: argparse.Namespace) -> dict:
         sys.executable, "-m", "qcxr.bench.quantum", "--case", str(n), backend,
         "--batch", str(args.batch), "--layers", str(args.layers),
         "--warmup", str(args.warmup), "--steps", str(args.steps), "--entangler", args.entangler,
+        "--learning-rate", repr(args.learning_rate),
     ]  # fmt: skip
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -141,17 +165,10 @@ def environment() -> dict:
     import jax
     import pennylane
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    machine = machine_info()
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{cpu}, {os.cpu_count()} cores",
+        "machine": f"{machine.cpu}, {machine.logical_cpus} cores",
         "python": platform.python_version(),
         "jax": jax.__version__,
         "pennylane": pennylane.__version__,
@@ -213,17 +230,27 @@ def markdown(rows: list[dict], env: dict, args: argparse.Namespace) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    bench = BenchConfig()
+    """Options of `qcxr bench quantum`; those left unset come from --config (`resolved`)."""
+    train, model, bench = TrainConfig(), ModelConfig(), BenchConfig()
+    limits = ", ".join(f"{backend} {n}" for backend, n in MAX_QUBITS.items())
+    add_config_argument(
+        parser,
+        "train.batch_size and learning_rate, model.num_layers and entangler, bench.warmup "
+        "and steps",
+    )
     parser.add_argument("--qubits", type=int, nargs="+", default=[8, 14, 19])
-    parser.add_argument("--backends", nargs="+", default=["mps", "statevector", "pennylane"],
-                        choices=list(BACKEND_NAMES))  # fmt: skip
-    parser.add_argument("--entangler", default=ModelConfig().entangler, choices=ENTANGLERS)
+    parser.add_argument("--backends", nargs="+", default=list(DEFAULT_CASES), choices=CASES)
+    parser.add_argument(
+        "--entangler", choices=ENTANGLERS, help=f"default: model.entangler ({model.entangler})"
+    )
     parser.add_argument("--max-qubits", nargs=2, action="append", metavar=("BACKEND", "N"),
-                        help="run BACKEND up to N qubits (defaults: statevector 24, pennylane 20)")  # fmt: skip
-    parser.add_argument("--batch", type=int, default=TrainConfig().batch_size)
-    parser.add_argument("--layers", type=int, default=ModelConfig().num_layers)
-    parser.add_argument("--warmup", type=int, default=bench.warmup)
-    parser.add_argument("--steps", type=int, default=bench.steps)
+                        help=f"run BACKEND up to N qubits (defaults: {limits})")  # fmt: skip
+    parser.add_argument("--batch", type=int, help=f"default: train.batch_size ({train.batch_size})")
+    parser.add_argument(
+        "--layers", type=int, help=f"default: model.num_layers ({model.num_layers})"
+    )
+    parser.add_argument("--warmup", type=int, help=f"default: bench.warmup ({bench.warmup})")
+    parser.add_argument("--steps", type=int, help=f"default: bench.steps ({bench.steps})")
     parser.add_argument("--pennylane-max-steps", type=int, default=None,
                         help="cap warm-up and timed steps for PennyLane (slow at large n)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
@@ -231,8 +258,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
-    env = environment()
+def resolved(args: argparse.Namespace) -> argparse.Namespace:
+    """The options with every unset one taken from --config (else the paper's defaults)."""
+    config = config_of(args)
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "batch": given(args.batch, config.train.batch_size),
+            "learning_rate": config.train.learning_rate,
+            "layers": given(args.layers, config.model.num_layers),
+            "entangler": given(args.entangler, config.model.entangler),
+            "warmup": given(args.warmup, config.bench.warmup),
+            "steps": given(args.steps, config.bench.steps),
+        }
+    )
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """One summary row per (n, backend): its times, or why it has none."""
     max_qubits = {**MAX_QUBITS, **{b: int(m) for b, m in args.max_qubits or []}}
     rows = []
     for n in args.qubits:
@@ -250,21 +293,21 @@ def run(args: argparse.Namespace) -> int:
             row = summarise(run_case_subprocess(n, backend, case_args))
             print(f"[bench quantum]   {row}", file=sys.stderr, flush=True)
             rows.append(row)
+    return rows
+
+
+FIELDS = ("n", "backend", "steps", "mean_s", "std_s", "compile_first_s", "peak_rss_mb", "error")
+
+
+def run(args: argparse.Namespace) -> int:
+    args = resolved(args)
+    env = environment()
+    rows = measure(args)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = env["date"].replace(":", "").replace("-", "")
     csv_path = args.out / f"quantum-{stamp}.csv"
     with csv_path.open("w", newline="") as handle:
-        fields = [
-            "n",
-            "backend",
-            "steps",
-            "mean_s",
-            "std_s",
-            "compile_first_s",
-            "peak_rss_mb",
-            "error",
-        ]
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     md_path = args.out / f"quantum-{stamp}.md"
@@ -285,9 +328,13 @@ def _main_case(argv: list[str]) -> None:
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--entangler", default="ring")
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig().learning_rate)
     args = parser.parse_args(argv)
     n, backend = int(args.case[0]), args.case[1]
-    result = time_case(n, backend, args.batch, args.layers, args.warmup, args.steps, args.entangler)
+    result = time_case(
+        n, backend, args.batch, args.layers, args.warmup, args.steps, args.entangler,
+        args.learning_rate,
+    )  # fmt: skip
     print(json.dumps(result))
 
 

@@ -27,6 +27,7 @@ from safetensors.numpy import save as st_save
 from tqdm import tqdm
 
 from qcxr.config import DataConfig
+from qcxr.data import ON_BAD_IMAGE
 from qcxr.data.preprocess import BadImageError, preprocess
 
 FORMAT = "qcxr-image-v1"
@@ -228,7 +229,7 @@ class ImageCache:
         on_bad_image="error" raises BadImageError naming the first missing or undecodable file;
         "skip" lists them in `BuildResult.skipped` and goes on.
         """
-        if on_bad_image not in ("error", "skip"):
+        if on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
         from joblib import Parallel, delayed
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from qcxr.cli import add_task_arguments, task_from_args
 from qcxr.config import DataConfig
+from qcxr.data import ON_BAD_IMAGE
 
 _DEFAULTS = DataConfig()
 
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--mimic-metadata", type=Path, help="metadata CSV: frontal views only")
     add_task_arguments(build, "cxr19")
     build.add_argument("--threads", type=int, default=_DEFAULTS.loader_threads)
-    build.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
+    build.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="error")
     build.add_argument("--report", type=Path, help="skipped-files report (default: CACHE/...)")
     build.add_argument("--resize", type=int, default=None,
                        help=f"shortest side after resizing (new cache: {_DEFAULTS.resize_shortest})")  # fmt: skip
@@ -121,8 +122,7 @@ def run_labels_stats(args: argparse.Namespace) -> int:
 
 def build_sources(args: argparse.Namespace) -> list:
     """The datasets a `cache build` covers (images unchecked: the build reports bad ones)."""
-    from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT
-    from qcxr.data.synthetic import study_paths
+    from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT, study_paths
 
     sources = []
     task = task_from_args(args)

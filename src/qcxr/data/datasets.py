@@ -1,7 +1,10 @@
-"""Readers for NIH-CXR-LT (training, internal test) and MIMIC-CXR-LT (external test).
+"""A study's layout, and readers for NIH-CXR-LT (training, internal test) and MIMIC-CXR-LT
+(external test; training, for labels NIH lacks).
 
-Both check their label file strictly (required columns, 0/1 values, unique ids) and record its
-sha256, so every cache and run says exactly which labels it was computed on.
+`StudyPaths` names a study's files (nih/ label CSVs and images, mimic/ label CSVs, metadata and
+the MIMIC-CXR-JPG tree), as `qcxr synth` writes them and as a real study is laid out. Both
+readers check their label file strictly (required columns, 0/1 values, unique ids) and record
+its sha256, so every cache and run says exactly which labels it was computed on.
 """
 
 from __future__ import annotations
@@ -17,7 +20,41 @@ import pandas as pd
 from qcxr.labels import Task, canonical, resolve_task, spellings
 
 FRONTAL_VIEWS = ("PA", "AP")
-NIH_SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # label files of both datasets (MIMIC test: the external set)
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """The files of a study: NIH-CXR-LT label files and images under nih/, MIMIC-CXR-LT label
+    files, metadata and the MIMIC-CXR-JPG tree under mimic/ (the layout `qcxr synth` writes)."""
+
+    root: Path
+    nih_dir: Path
+    nih_images: Path
+    nih_csv: dict[str, Path]  # split -> label file (train, val, test)
+    mimic_root: Path
+    mimic_csv: Path  # the test split: the external test set of an NIH-trained study
+    mimic_metadata: Path
+    mimic_split_csv: dict[str, Path]  # split -> CXR-LT 2023 label file (train, val: when written)
+    labels_file: Path  # the study's label set, one per line (`--labels-file` of `qcxr train`)
+
+
+def study_paths(root: str | Path) -> StudyPaths:
+    """The paths of a study at `root` (layout of `StudyPaths`); nothing is checked."""
+    root = Path(root)
+    nih, mimic = root / "nih", root / "mimic"
+    mimic_csv = {s: mimic / f"cxr-lt-2023_mimic_{s}.csv" for s in SPLITS}
+    return StudyPaths(
+        root=root,
+        nih_dir=nih,
+        nih_images=nih / "images",
+        nih_csv={s: nih / f"miccai2023_nih-cxr-lt_labels_{s}.csv" for s in SPLITS},
+        mimic_root=mimic,
+        mimic_csv=mimic_csv["test"],
+        mimic_metadata=mimic / "mimic-cxr-2.0.0-metadata.csv",
+        mimic_split_csv=mimic_csv,
+        labels_file=root / "labels.txt",
+    )
 
 
 def nih_label_file(split: str) -> Path:
@@ -31,11 +68,8 @@ def nih_label_file(split: str) -> Path:
 
 def file_checksum(path: str | Path) -> str:
     """sha256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_label_csv(path: str | Path, required: list[str]) -> pd.DataFrame:
@@ -170,6 +204,24 @@ class LabeledImages:
         return self.select(keep)
 
 
+def labeled_images(
+    frame: pd.DataFrame,
+    ids: list[str],
+    paths: list[Path],
+    csv_path: Path,
+    task: Task,
+    allow_missing_labels: bool,
+    check_files: bool,
+) -> LabeledImages:
+    """The LabeledImages of a label file's rows (ids and image paths already read)."""
+    labels, absent = task_label_values(frame, csv_path, task, allow_missing_labels)
+    if check_files:
+        check_images(paths, csv_path)
+    return LabeledImages(
+        ids, paths, labels, list(task.labels), csv_path, file_checksum(csv_path), absent
+    )
+
+
 def NIHCXRLT(
     csv_path: str | Path,
     image_dir: str | Path,
@@ -188,13 +240,8 @@ def NIHCXRLT(
     task = resolve_task(task)
     frame = read_label_csv(csv_path, ["id"])
     ids = unique_ids(frame["id"].str.strip(), csv_path, "id")
-    labels, absent = task_label_values(frame, csv_path, task, allow_missing_labels)
     paths = [image_dir / i for i in ids]
-    if check_files:
-        check_images(paths, csv_path)
-    return LabeledImages(
-        ids, paths, labels, list(task.labels), csv_path, file_checksum(csv_path), absent
-    )
+    return labeled_images(frame, ids, paths, csv_path, task, allow_missing_labels, check_files)
 
 
 def frontal_dicom_ids(metadata_csv: str | Path) -> set[str]:
@@ -240,19 +287,14 @@ def MIMICCXRLT(
         frame, rel, dicom = frame[keep], rel[keep], dicom[keep]
     ids = unique_ids(dicom.reset_index(drop=True), csv_path, "dicom_id")
     frame = frame.reset_index(drop=True)
-    labels, absent = task_label_values(frame, csv_path, task, True)
     paths = [image_root / p for p in rel]
-    if check_files:
-        check_images(paths, csv_path)
-    return LabeledImages(
-        ids, paths, labels, list(task.labels), csv_path, file_checksum(csv_path), absent
-    )
+    return labeled_images(frame, ids, paths, csv_path, task, True, check_files)
 
 
 def split_name(path: str | Path) -> str:
     """Table I's header ("Val") for miccai2023_nih-cxr-lt_labels_val.csv; else the stem."""
     stem = Path(path).stem
-    for split in NIH_SPLITS:
+    for split in SPLITS:
         if stem.endswith(f"_{split}") or stem == split:
             return split.title()
     return stem

@@ -1,1 +1,1 @@
-"""Evaluation: metrics, statistics across seeds, figures, report."""
+"""Evaluation: metrics, the runs of an experiment, statistics across seeds, figures, report."""

@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qcxr import rundir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="metrics.json of runs from their predictions-<testset>.parquet files",
         description="AUROC, AP and F1 per label, their means and head/medium/tail means, from "
-        "each run's existing predictions; writes <run>/metrics.json.",
+        "each run's existing predictions; writes <run>/metrics.json. The F1 threshold and the "
+        "head/medium/tail boundaries are the eval: section of each run's config.yaml.",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument(
@@ -29,11 +32,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "report",
         help="tables, figures and report.html for an experiment's runs",
-        description="Scan RUNS_DIR/<task>/<head>/seed-<k>/ and write RUNS_DIR/summary/.",
+        description="Scan RUNS_DIR/<task>/<head>/seed-<k>/ and write RUNS_DIR/summary/. The "
+        "significance level and bootstrap count are the eval: section of the runs' config.yaml "
+        "(the same in every run); the options below override them.",
     )
     p.add_argument("runs_dir", metavar="RUNS_DIR")
     p.add_argument(
-        "--bootstrap", type=int, default=None, help="resamples (0: skip; default: config)"
+        "--bootstrap",
+        type=int,
+        default=None,
+        help="resamples (0: skip; default: the runs' eval.bootstrap)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="significance level of the bootstrap intervals and the volcano plot's line "
+        "(default: the runs' eval.alpha)",
     )
     p.add_argument("--benchmark", help="Table III CSV (framework, head, n, mean_s, std_s)")
     p.add_argument("--recompute", action="store_true", help="recompute every metrics.json")
@@ -130,7 +145,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     else:
         _print_table(rows)
         for run_dir in args.run_dirs:
-            print(f"wrote {Path(run_dir) / 'metrics.json'}")
+            print(f"wrote {Path(run_dir) / rundir.METRICS}")
     return 0
 
 
@@ -145,6 +160,7 @@ def report_cmd(args: argparse.Namespace) -> int:
         index = write_report(
             args.runs_dir,
             resamples=args.bootstrap,
+            alpha=args.alpha,
             benchmark=args.benchmark,
             recompute=args.recompute,
             progress=not args.json,
@@ -157,6 +173,8 @@ def report_cmd(args: argparse.Namespace) -> int:
     _print_table(index["summary"])
     for note in index["notes"]:
         print(f"note: {note}", file=sys.stderr)
+    used = index["eval"]
+    print(f"eval: alpha = {used['alpha']:g}, bootstrap = {used['bootstrap']} ({used['source']})")
     print(f"report: {index['report']}")
     return 0
 

@@ -1,18 +1,20 @@
 """Per-run metrics from a predictions parquet: AUROC, average precision, F1, head/medium/tail means.
 
-Predictions parquet (interface D): column "id", then for each label L in task order "p:L"
-(probability) and "y:L" (truth 0/1, NaN where unknown). Rows with unknown truth are left out
+Predictions parquet (qcxr.train.predictions, docs/ARCHITECTURE.md): column "id", then for each
+label L in task order "p:L" (probability) and "y:L" (truth 0/1, NaN where unknown). Rows with unknown truth are left out
 of that label only. A label whose known rows hold a single class gets NaN for AUROC and AP and a
 warning that names it; every mean says how many labels it covers.
 
 AUROC and AP are computed here (tie-aware, weighted, vectorised) rather than by scikit-learn so
 that the bootstrap in `stats` can score a thousand resamples as one array operation; the tests
 check both against scikit-learn.
+
+The F1 threshold and the head/medium/tail boundaries are the run's `eval:` settings
+(config.EvalConfig, read from its config.yaml); metrics.json records the ones it used.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -20,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from qcxr.config import EvalConfig
+from qcxr import rundir
+from qcxr.config import Config, EvalConfig
 from qcxr.labels import PAPER_TRAIN_COUNTS, canonical
 
 GROUPS = ("head", "medium", "tail")
-NIH_TRAIN_CSV = "miccai2023_nih-cxr-lt_labels_train.csv"
 METRICS = ("auroc", "ap", "f1")
 
 
@@ -169,11 +170,10 @@ def label_metrics(
     truth: np.ndarray,
     labels: list[str],
     *,
-    config: EvalConfig | None = None,
+    config: EvalConfig,
     where: str = "predictions",
 ) -> dict[str, dict[str, Any]]:
     """Per label: auroc, ap, f1 (at config.f1_threshold), n (known rows), positives."""
-    config = config or EvalConfig()
     out = {}
     for j, name in enumerate(labels):
         known = np.isfinite(truth[:, j])
@@ -202,11 +202,10 @@ def metrics_from_arrays(
     labels: list[str],
     *,
     train_counts: dict[str, float] | None = None,
-    config: EvalConfig | None = None,
+    config: EvalConfig,
     where: str = "predictions",
 ) -> dict[str, Any]:
     """Per-label metrics, their means and head/medium/tail means (by training-set count)."""
-    config = config or EvalConfig()
     per_label = label_metrics(probs, truth, labels, config=config, where=where)
     counts = {canonical(k): v for k, v in (train_counts or {}).items()}
     groups: dict[str, list[str]] = {g: [] for g in GROUPS}
@@ -234,7 +233,7 @@ def metrics_for(
     path: str | Path,
     *,
     train_counts: dict[str, float] | None = None,
-    config: EvalConfig | None = None,
+    config: EvalConfig,
 ) -> dict[str, Any]:
     """Metrics of one predictions parquet; single-class warnings are recorded in the result."""
     _, labels, probs, truth = read_predictions(path)
@@ -268,69 +267,79 @@ def train_counts_from_csv(path: str | Path) -> dict[str, float]:
     return counts
 
 
-def testset_of(path: Path) -> str:
-    """'nih' from 'predictions-nih.parquet'."""
-    return path.stem.removeprefix("predictions-").removeprefix("predictions") or "test"
+def run_config(run_dir: str | Path) -> Config | None:
+    """The run's config.yaml (None when it has none); an error names a file that does not load."""
+    return rundir.read_config(run_dir) if (Path(run_dir) / rundir.CONFIG).is_file() else None
 
 
-def run_train_counts(run_dir: Path) -> tuple[dict[str, float], str]:
+def eval_of(config: Config | None) -> tuple[EvalConfig, str]:
+    """The `eval:` section of a run's config and where it came from ("config.yaml"), or the
+    paper's defaults ("default") for a run directory without a config.yaml."""
+    return (config.eval, rundir.CONFIG) if config is not None else (EvalConfig(), "default")
+
+
+def run_train_counts(
+    run_dir: str | Path, config: Config | None = None
+) -> tuple[dict[str, float], str]:
     """Training-set label counts for a run and where they came from.
 
-    Looked for, in order: train_counts.json in the run dir; config.yaml's `train_counts` mapping;
-    a training label CSV named in config.yaml (`train_csv`, `data.train_csv` or
-    `paths.train_csv`); the NIH training CSV of the study root `data.study`; else the paper's
-    Table I counts.
+    Looked for, in order: train_counts.json in the run dir (training writes it); the NIH
+    training CSV of the study root `data.study` of the run's config; else the paper's Table I
+    counts.
     """
-    run_dir = Path(run_dir)
-    if (run_dir / "train_counts.json").is_file():
-        return json.loads((run_dir / "train_counts.json").read_text()), "train_counts.json"
-    cfg_path = run_dir / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
-    if isinstance(cfg, dict):
-        if isinstance(cfg.get("train_counts"), dict):
-            return {str(k): float(v) for k, v in cfg["train_counts"].items()}, "config.yaml"
-        for section in (cfg, cfg.get("data"), cfg.get("paths")):
-            csv = section.get("train_csv") if isinstance(section, dict) else None
-            if csv and Path(csv).is_file():
-                return train_counts_from_csv(csv), str(csv)
-        study = (cfg.get("data") or {}).get("study") if isinstance(cfg.get("data"), dict) else None
-        if study:
-            csv = Path(study) / "nih" / NIH_TRAIN_CSV
-            if csv.is_file():
-                return train_counts_from_csv(csv), str(csv)
+    counts = rundir.read_train_counts(run_dir)
+    if counts is not None:
+        return counts, rundir.TRAIN_COUNTS
+    if config is not None and config.data.study:
+        from qcxr.data.datasets import study_paths
+
+        csv = study_paths(config.data.study).nih_csv["train"]
+        if csv.is_file():
+            return train_counts_from_csv(csv), str(csv)
     return {k: float(v) for k, v in PAPER_TRAIN_COUNTS.items()}, "paper Table I"
-
-
-def prediction_files(run_dir: str | Path) -> list[Path]:
-    """The predictions-<testset>.parquet files of a run, sorted."""
-    return sorted(Path(run_dir).glob("predictions-*.parquet"))
 
 
 def write_metrics(
     run_dir: str | Path,
+    config: EvalConfig | None = None,
     *,
     train_counts: dict[str, float] | None = None,
-    config: EvalConfig | None = None,
 ) -> dict[str, Any]:
-    """Compute metrics for every predictions file of a run and write <run_dir>/metrics.json."""
+    """Compute metrics for every predictions file of a run and write <run_dir>/metrics.json.
+
+    `config`: the evaluation settings (F1 threshold, head/medium/tail boundaries); None: the
+    `eval:` section of the run's config.yaml, or the paper's defaults without one. The result
+    records them under "eval", with their source.
+    """
     run_dir = Path(run_dir)
-    files = prediction_files(run_dir)
+    files = rundir.prediction_files(run_dir)
     if not files:
         raise FileNotFoundError(
             f"{run_dir}: no predictions-<testset>.parquet files; run `qcxr train` (or the "
             "training run's prediction step) first"
         )
-    source = "given"
+    settings = run_config(run_dir)
+    eval_source = "given"
+    if config is None:
+        config, eval_source = eval_of(settings)
+    counts_source = "given"
     if train_counts is None:
-        train_counts, source = run_train_counts(run_dir)
+        train_counts, counts_source = run_train_counts(run_dir, settings)
     result = {
         "run": str(run_dir),
-        "train_counts_source": source,
+        "eval": {
+            "f1_threshold": config.f1_threshold,
+            "head_min_count": config.head_min_count,
+            "tail_max_count": config.tail_max_count,
+            "source": eval_source,
+        },
+        "train_counts_source": counts_source,
         "testsets": {
-            testset_of(f): metrics_for(f, train_counts=train_counts, config=config) for f in files
+            rundir.testset_of(f): metrics_for(f, train_counts=train_counts, config=config)
+            for f in files
         },
     }
-    (run_dir / "metrics.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+    rundir.write_json(run_dir / rundir.METRICS, jsonable(result))
     return result
 
 
@@ -351,10 +360,10 @@ def jsonable(value: Any) -> Any:
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     """metrics.json of a run, nulls back to NaN."""
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / rundir.METRICS
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run `qcxr evaluate {run_dir}`")
-    return _nan_back(json.loads(path.read_text()))
+    return _nan_back(rundir.read_json(path))
 
 
 def _nan_back(value: Any) -> Any:

@@ -10,7 +10,10 @@
 - `benchmark_bars`   Table III as bars, when benchmark results exist.
 
 Inputs are the tables `stats.compare` and `loss_table` return, so each figure's numbers are
-also written as CSV beside it by the report.
+also written as CSV beside it by the report. Loss histories are read by `rundir.read_history`.
+
+Figures are `matplotlib.figure.Figure` objects drawn without pyplot, so no backend is chosen
+here and importing this module leaves the caller's matplotlib state alone.
 """
 
 from __future__ import annotations
@@ -20,16 +23,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # headless: figures go to files only
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from qcxr.config import EvalConfig  # noqa: E402
-from qcxr.evaluate.stats import MEAN, signed_log2  # noqa: E402
-from qcxr.labels import by_occurrence  # noqa: E402
+from qcxr.config import EvalConfig
+from qcxr.evaluate.stats import MEAN, signed_log2
+from qcxr.labels import by_occurrence
 
 COLORS = {"cdl": "#1f77b4", "dqc": "#ff7f0e"}
 NAMES = {"cdl": "CDL", "dqc": "DQC"}
@@ -37,40 +38,14 @@ TESTSET_NAMES = {"nih": "NIH-CXR-LT", "mimic": "MIMIC-CXR-LT"}
 HORIZONTAL_FROM = 21  # per-label bars: horizontal from this many labels (the paper's are <= 19)
 
 
-def save(fig: plt.Figure, stem: str | Path) -> list[Path]:
-    """Write `fig` as <stem>.png and <stem>.svg and close it."""
+def save(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write `fig` as <stem>.png and <stem>.svg (Agg and SVG canvases, picked by suffix)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     fig.savefig(paths[0], dpi=120, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
     return paths
-
-
-def read_history(path: str | Path) -> pd.DataFrame:
-    """A run's history.csv with the columns the figures use: epoch, step, train_loss, val_loss.
-
-    Lenient: column names are matched case-insensitively ("loss" stands for train_loss, "val"
-    for val_loss); a missing step column is the row number, a missing epoch column is 0. Rows
-    without a validation loss keep NaN there (validation is logged on epoch-end rows only).
-    """
-    path = Path(path)
-    frame = pd.read_csv(path)
-    frame.columns = [str(c).strip().lower() for c in frame.columns]
-    aliases = {"loss": "train_loss", "val": "val_loss", "valid_loss": "val_loss"}
-    frame = frame.rename(columns={k: v for k, v in aliases.items() if v not in frame.columns})
-    if "train_loss" not in frame.columns and "val_loss" not in frame.columns:
-        raise ValueError(
-            f"{path}: needs a train_loss or val_loss column; has {list(frame.columns)}"
-        )
-    for column in ("train_loss", "val_loss"):
-        frame[column] = pd.to_numeric(frame.get(column, np.nan), errors="coerce")
-    if "step" not in frame.columns:
-        frame["step"] = np.arange(1, len(frame) + 1)
-    if "epoch" not in frame.columns:
-        frame["epoch"] = 0
-    return frame[["epoch", "step", "train_loss", "val_loss"]]
 
 
 def loss_table(histories: Mapping[str, Sequence[pd.DataFrame]]) -> pd.DataFrame:
@@ -103,7 +78,8 @@ def loss_table(histories: Mapping[str, Sequence[pd.DataFrame]]) -> pd.DataFrame:
 
 def loss_curves(table: pd.DataFrame, stem: str | Path, *, title: str = "") -> list[Path]:
     """Fig. 4: train loss by step (left) and validation loss by epoch (right), band = +- std."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     for ax, kind, xlabel in ((axes[0], "train", "step"), (axes[1], "val", "epoch")):
         for head, part in table[table["kind"] == kind].groupby("head"):
             part = part.sort_values("x")
@@ -144,35 +120,40 @@ def _mark_pair(ax, x_left: float, x_right: float, top: float, mark: str) -> None
     ax.text((x_left + x_right) / 2, top + h, mark, ha="center", va="bottom", fontsize=8)
 
 
-def _paired_bars(ax, compared: pd.DataFrame, ticks: list[str]) -> None:
-    x = np.arange(len(compared))
-    width = 0.38
-    for offset, head in ((-width / 2, "cdl"), (width / 2, "dqc")):
-        ax.bar(
-            x + offset,
-            compared[f"{head}_mean"],
-            width,
-            yerr=compared[f"{head}_std"].fillna(0),
-            color=COLORS[head],
-            label=NAMES[head],
-            capsize=2,
-            error_kw={"lw": 0.8},
-        )
-    for i, (_, r) in enumerate(compared.iterrows()):
-        tops = [
-            r["cdl_mean"] + np.nan_to_num(r["cdl_std"]),
-            r["dqc_mean"] + np.nan_to_num(r["dqc_std"]),
-        ]
-        top = np.nanmax(tops) if np.isfinite(tops).any() else 0.5
-        _mark_pair(ax, i - width / 2, i + width / 2, top + 0.01, r["mark"])
-    ax.set_xticks(x, ticks)
-    finite = compared[["cdl_mean", "dqc_mean"]].to_numpy(dtype=float)
-    low = np.nanmin(finite) if np.isfinite(finite).any() else 0.5
-    ax.set_ylim(max(0.0, min(0.5, low - 0.05)), 1.05)
-    ax.axhline(0.5, color="grey", ls=":", lw=0.8)  # chance
-    ax.set_ylabel("AUROC")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars near 1 keep marks
-    ax.grid(axis="y", alpha=0.3)
+def _paired_bars(ax, compared: pd.DataFrame, ticks: list[str], horizontal: bool = False) -> None:
+    """CDL/DQC bar pairs (+- std) with their marks: vertical, a bracket per pair, or horizontal,
+    one row per label from the top, the mark right of the bars."""
+    at = np.arange(len(compared))
+    size = 0.38
+    bars, err = (ax.barh, "xerr") if horizontal else (ax.bar, "yerr")
+    for offset, head in ((-size / 2, "cdl"), (size / 2, "dqc")):
+        spread = {err: compared[f"{head}_std"].fillna(0)}
+        bars(at + offset, compared[f"{head}_mean"], size, **spread, color=COLORS[head],
+             label=NAMES[head], capsize=2, error_kw={"lw": 0.8})  # fmt: skip
+    means = compared[["cdl_mean", "dqc_mean"]].to_numpy(dtype=float)
+    tops = means + np.nan_to_num(compared[["cdl_std", "dqc_std"]].to_numpy(dtype=float))
+    for i, mark in enumerate(compared["mark"]):
+        top = np.nanmax(tops[i]) if np.isfinite(tops[i]).any() else 0.5
+        if horizontal:
+            ax.text(top + 0.01, i, mark, va="center", ha="left", fontsize=7)
+        else:
+            _mark_pair(ax, i - size / 2, i + size / 2, top + 0.01, mark)
+    low = np.nanmin(means) if np.isfinite(means).any() else 0.5
+    bottom = max(0.0, min(0.5, low - 0.05))
+    if horizontal:
+        ax.set_yticks(at, ticks, fontsize=8)
+        ax.invert_yaxis()  # most frequent label on top
+        ax.set_xlim(bottom, 1.1)
+        ax.set_ylim(len(compared) - 0.5, -0.5)
+    else:
+        ax.set_xticks(at, ticks)
+        ax.set_ylim(bottom, 1.05)
+    chance, score = (ax.axvline, ax.set_xlabel) if horizontal else (ax.axhline, ax.set_ylabel)
+    chance(0.5, color="grey", ls=":", lw=0.8)
+    score("AUROC")
+    legend = {"fontsize": 8} if horizontal else {}
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), **legend)  # outside: marks stay clear
+    ax.grid(axis="x" if horizontal else "y", alpha=0.3)
 
 
 def mean_auroc_bars(compared: pd.DataFrame, stem: str | Path) -> list[Path]:
@@ -185,44 +166,12 @@ def mean_auroc_bars(compared: pd.DataFrame, stem: str | Path) -> list[Path]:
     ticks = [
         f"{r.task.upper()}\n{TESTSET_NAMES.get(r.testset, r.testset)}" for r in rows.itertuples()
     ]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1), 3.8))
+    fig = Figure(figsize=(max(4.0, 1.6 * len(rows) + 1), 3.8))
+    ax = fig.subplots()
     _paired_bars(ax, rows, ticks)
     ax.set_title("Mean AUROC, CDL vs DQC (ns p≥0.05, * <0.05, ** <0.01, *** <0.001)", fontsize=9)
     fig.tight_layout()
     return save(fig, stem)
-
-
-def _paired_hbars(ax, compared: pd.DataFrame, labels: list[str]) -> None:
-    """Horizontal CDL/DQC bar pairs, one row per label from the top, marks right of the bars."""
-    y = np.arange(len(compared))
-    height = 0.38
-    for offset, head in ((-height / 2, "cdl"), (height / 2, "dqc")):
-        ax.barh(
-            y + offset,
-            compared[f"{head}_mean"],
-            height,
-            xerr=compared[f"{head}_std"].fillna(0),
-            color=COLORS[head],
-            label=NAMES[head],
-            capsize=2,
-            error_kw={"lw": 0.8},
-        )
-    tops = compared[["cdl_mean", "dqc_mean"]].to_numpy(dtype=float) + np.nan_to_num(
-        compared[["cdl_std", "dqc_std"]].to_numpy(dtype=float)
-    )
-    for i, mark in enumerate(compared["mark"]):
-        right = np.nanmax(tops[i]) if np.isfinite(tops[i]).any() else 0.5
-        ax.text(right + 0.01, i, mark, va="center", ha="left", fontsize=7)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.invert_yaxis()  # most frequent label on top
-    finite = compared[["cdl_mean", "dqc_mean"]].to_numpy(dtype=float)
-    low = np.nanmin(finite) if np.isfinite(finite).any() else 0.5
-    ax.set_xlim(max(0.0, min(0.5, low - 0.05)), 1.1)
-    ax.set_ylim(len(compared) - 0.5, -0.5)
-    ax.axvline(0.5, color="grey", ls=":", lw=0.8)  # chance
-    ax.set_xlabel("AUROC")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
 
 
 def label_auroc_bars(
@@ -239,12 +188,14 @@ def label_auroc_bars(
     name = TESTSET_NAMES.get(testset, testset)
     title = f"Per-label AUROC, {task.upper()}, {name} test set, sorted by occurrence"
     if len(part) >= HORIZONTAL_FROM:
-        fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(part) + 1.4))
-        _paired_hbars(ax, part, list(part["label"]))
+        fig = Figure(figsize=(7.5, 0.28 * len(part) + 1.4))
+        ax = fig.subplots()
+        _paired_bars(ax, part, list(part["label"]), horizontal=True)
         ax.set_title(title + "\n(ns p≥0.05, * <0.05, ** <0.01, *** <0.001)", fontsize=9)
         fig.tight_layout()
         return save(fig, stem)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(part) + 1.5), 4.0))
+    fig = Figure(figsize=(max(5.0, 0.75 * len(part) + 1.5), 4.0))
+    ax = fig.subplots()
     _paired_bars(ax, part, list(part["label"]))
     ax.tick_params(axis="x", labelrotation=45)
     for tick in ax.get_xticklabels():
@@ -260,19 +211,20 @@ def volcano(
     stem: str | Path,
     *,
     title: str = "",
-    alpha: float | None = None,
+    alpha: float = EvalConfig.alpha,
 ) -> list[Path]:
     """Figs. 12-13: one point per (task, test set, label) for `labels`.
 
     x = sign-preserving log2 of the eq. (4) percent difference (right: CDL better), y = -log10 p
-    of the paired t-test; the dashed line is p = alpha (0.05).
+    of the paired t-test; the dashed line, "p = alpha" in the legend, is the significance
+    level (the report passes the experiment's eval.alpha).
     """
-    alpha = EvalConfig().alpha if alpha is None else alpha
     part = compared[compared["label"].isin(labels)].copy()
     part = part[np.isfinite(part["p"].astype(float)) & np.isfinite(part["pct_diff"].astype(float))]
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.subplots()
     markers = dict(zip(sorted(compared["testset"].unique()), "o^sDv<>", strict=False))
-    cmap = plt.get_cmap("tab20")
+    cmap = matplotlib.colormaps["tab20"]
     ordered = [lab for lab in by_occurrence(list(labels)) if lab in set(part["label"])]
     for k, label in enumerate(ordered):
         rows = part[part["label"] == label]
@@ -296,7 +248,7 @@ def volcano(
             edgecolor="k",
             label=TESTSET_NAMES.get(testset, testset),
         )
-    ax.axhline(-math.log10(alpha), color="k", ls="--", lw=1)
+    ax.axhline(-math.log10(alpha), color="k", ls="--", lw=1, label=f"p = {alpha:g}")
     ax.axvline(0, color="grey", lw=0.6)
     ax.set_xlabel("log2(% diff. AUROC), sign kept (right: CDL better)")
     ax.set_ylabel("-log10(p)")
@@ -341,7 +293,8 @@ def benchmark_bars(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     keys = list(groups.groups)
     x = np.arange(len(keys))
     width = 0.8 / max(1, len(frameworks))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(keys) + 2), 3.8))
+    fig = Figure(figsize=(max(5.0, 1.2 * len(keys) + 2), 3.8))
+    ax = fig.subplots()
     for k, fw in enumerate(frameworks):
         means, stds = [], []
         for key in keys:

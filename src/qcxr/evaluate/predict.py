@@ -11,13 +11,14 @@ must match, otherwise the features would not be the ones the head was trained on
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from qcxr import rundir
 
 
 def load_images(paths: Sequence[str | Path], config: Any) -> np.ndarray:
@@ -31,11 +32,9 @@ def load_images(paths: Sequence[str | Path], config: Any) -> np.ndarray:
 
 
 def _trained_weights(run_dir: Path) -> str | None:
-    path = run_dir / "versions.json"
-    if not path.is_file():
-        return None
-    weights = json.loads(path.read_text()).get("weights")
-    return weights or None
+    """The backbone weights identity the run recorded in versions.json, if any."""
+    versions = rundir.read_versions(run_dir) or {}
+    return versions.get("weights") or None
 
 
 def _feature_fn(config: Any, run_dir: Path):

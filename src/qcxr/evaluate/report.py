@@ -1,8 +1,8 @@
 """`qcxr report RUNS_DIR`: every run of an experiment -> tables, figures and one report.html.
 
-Reads runs/<experiment>/<task>/<head>/seed-<k>/ (config.yaml, history.csv, metrics.json,
-predictions-<testset>.parquet; metrics.json is computed from the predictions when missing) and
-writes runs/<experiment>/summary/:
+Reads runs/<experiment>/<task>/<head>/seed-<k>/ (the run directory layout of `qcxr.rundir`:
+config.yaml, versions.json, history.csv, metrics.json, predictions-<testset>.parquet;
+metrics.json is computed from the predictions when missing) and writes runs/<experiment>/summary/:
 
   auroc.csv      one row per (task, testset, head, seed, label) with auroc, ap, f1 ("mean" rows)
   groups.csv     head/medium/tail means per run, with the number of labels each covers
@@ -15,102 +15,42 @@ writes runs/<experiment>/summary/:
   benchmark.csv  Table III numbers, when a benchmark CSV was found
   figures/*.png|svg and report.html (self-contained: figures embedded as base64 PNG)
 
-history.csv: the columns read are epoch, step, train_loss, val_loss (see plots.read_history).
+The significance level (bootstrap intervals, the volcano plot's line) and the bootstrap count
+are the runs' `eval:` settings (`runs.experiment_eval`); the report states the ones it used.
+history.csv is read by `rundir.read_history` (columns epoch, step, train_loss, val_loss, ...).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import html
-import importlib.metadata
 import json
 import math
-import platform
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from qcxr import rundir
 from qcxr.config import EvalConfig
 from qcxr.evaluate import metrics as M
 from qcxr.evaluate import plots as P
 from qcxr.evaluate import stats as S
+from qcxr.evaluate.runs import (
+    ReportSettings,
+    Run,
+    experiment_eval,
+    random_weights,
+    scan,
+    weights_of,
+)
 from qcxr.labels import CXR8, CXR14
+from qcxr.versions import REPORT_PACKAGES, package_versions
 
-SEED_DIR = re.compile(r"^seed-(\d+)$")
-
-
-@dataclass
-class Run:
-    task: str
-    head: str
-    seed: int
-    path: Path
-    config: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, Any] = field(default_factory=dict)  # versions.json (training engineer)
-    history: pd.DataFrame | None = None
-
-    @property
-    def predictions(self) -> dict[str, Path]:
-        return {M.testset_of(p): p for p in M.prediction_files(self.path)}
-
-
-def _weights_identities(value: Any, key: str = "") -> list[str]:
-    """Every string under a key containing 'weights' anywhere in a nested config."""
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in _weights_identities(v, str(k))]
-    if isinstance(value, list):
-        return [s for v in value for s in _weights_identities(v, key)]
-    return [value] if isinstance(value, str) and "weights" in key.lower() else []
-
-
-def weights_of(run: Run) -> list[str]:
-    """Backbone weight identities named by the run's config.yaml and versions.json."""
-    found = _weights_identities(run.config) + _weights_identities(run.versions)
-    return [w for w in dict.fromkeys(found) if w]
-
-
-def random_weights(run: Run) -> bool:
-    """True when the run's backbone was not pretrained: a weights field says "random"."""
-    return any("random" in w.lower() for w in weights_of(run))
-
-
-def scan(runs_dir: str | Path, *, recompute: bool = False) -> list[Run]:
-    """Every <task>/<head>/seed-<k>/ run under `runs_dir`, with config, metrics and history."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise FileNotFoundError(f"{runs_dir}: runs directory not found")
-    runs = []
-    for path in sorted(runs_dir.glob("*/*/seed-*")):
-        match = SEED_DIR.match(path.name)
-        if not match or not path.is_dir() or path.parts[-3] == "summary":
-            continue
-        run = Run(task=path.parts[-3], head=path.parts[-2].lower(), seed=int(match[1]), path=path)
-        if (path / "config.yaml").is_file():
-            loaded = yaml.safe_load((path / "config.yaml").read_text())
-            run.config = loaded if isinstance(loaded, dict) else {}
-        if (path / "versions.json").is_file():
-            run.versions = json.loads((path / "versions.json").read_text())
-        if (path / "history.csv").is_file():
-            run.history = P.read_history(path / "history.csv")
-        metrics_path = path / "metrics.json"
-        stale = metrics_path.is_file() and any(
-            p.stat().st_mtime > metrics_path.stat().st_mtime for p in run.predictions.values()
-        )
-        if run.predictions and (recompute or stale or not metrics_path.is_file()):
-            M.write_metrics(path)
-        if (path / "metrics.json").is_file():
-            run.metrics = M.read_metrics(path)
-        runs.append(run)
-    if not runs:
-        raise FileNotFoundError(f"{runs_dir}: no run directories <task>/<head>/seed-<k>/ found")
-    return runs
+Tables = dict[str, tuple[str, pd.DataFrame]]  # key -> (CSV file name, table)
+Figures = list[tuple[Path, str]]  # (PNG, caption)
 
 
 def groups_table(runs: list[Run]) -> pd.DataFrame:
@@ -161,8 +101,10 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def bootstrap_table(runs: list[Run], resamples: int, progress: bool = False) -> pd.DataFrame:
-    """Bootstrap CIs for every (task, testset), from the runs' predictions."""
+def bootstrap_table(
+    runs: list[Run], resamples: int, progress: bool = False, *, alpha: float = EvalConfig.alpha
+) -> pd.DataFrame:
+    """Bootstrap CIs (central 1 - alpha) for every (task, testset), from the runs' predictions."""
     frames = []
     keys = sorted({(r.task, t) for r in runs for t in r.predictions})
     for task, testset in keys:
@@ -178,7 +120,7 @@ def bootstrap_table(runs: list[Run], resamples: int, progress: bool = False) -> 
             by_head.setdefault(run.head, []).append((ids, probs, truth))
         where = f"{task}/{testset}"
         out = S.bootstrap_auroc(
-            by_head, labels, resamples=resamples, where=where, progress=progress
+            by_head, labels, resamples=resamples, alpha=alpha, where=where, progress=progress
         )
         frames.append(out.assign(task=task, testset=testset))
     if not frames:
@@ -191,26 +133,6 @@ def find_benchmark(runs_dir: Path) -> Path | None:
     """A Table III CSV beside the runs: benchmark*.csv, or bench/summary-*.csv (`qcxr bench`)."""
     found = sorted(runs_dir.glob("benchmark*.csv")) + sorted(runs_dir.glob("bench/summary-*.csv"))
     return found[0] if found else None
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in (
-        "qcxr",
-        "jax",
-        "flax",
-        "optax",
-        "orbax-checkpoint",
-        "pennylane",
-        "numpy",
-        "scipy",
-        "scikit-learn",
-        "pandas",
-        "matplotlib",
-    ):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[dist] = importlib.metadata.version(dist)
-    return out
 
 
 def _table_html(frame: pd.DataFrame, title: str, csv_name: str | None = None) -> str:
@@ -246,8 +168,9 @@ th{background:#f0f0f0} .tbl{overflow-x:auto;max-height:420px;overflow-y:auto}
 def _html(
     runs_dir: Path,
     runs: list[Run],
-    tables: dict[str, tuple[str, pd.DataFrame]],
-    figures: list[tuple[Path, str]],
+    settings: ReportSettings,
+    tables: Tables,
+    figures: Figures,
     notes: list[str],
 ) -> str:
     parts = [
@@ -256,10 +179,12 @@ def _html(
         f"<h1>qcxr report: {html.escape(runs_dir.name)}</h1>",
         f"<p class='meta'>{html.escape(str(runs_dir.resolve()))} · {len(runs)} runs · generated "
         f"{dt.datetime.now().isoformat(timespec='seconds')}</p>",
+        f"<p class='meta' id='eval-settings'>Evaluation settings: "
+        f"{html.escape(settings.describe())}.</p>",
     ]
     random_runs = [r for r in runs if random_weights(r)]
     if random_runs:
-        names = ", ".join(f"{r.task}/{r.head}/seed-{r.seed}" for r in random_runs)
+        names = ", ".join(r.name for r in random_runs)
         parts.append(
             "<div class='banner' id='random-weights'>WARNING: the backbone of "
             f"{len(random_runs)} of {len(runs)} runs used RANDOM, not pretrained, weights "
@@ -273,55 +198,42 @@ def _html(
     parts.append("<h2>Figures</h2>")
     parts += [_figure_html(png, caption) for png, caption in figures]
     parts.append("<h2>Tables</h2>")
-    titles = {
-        "stats": "CDL vs DQC per label: paired t-test, eq. (4) % diff., Holm-adjusted p",
-        "bootstrap": "Bootstrap confidence intervals of seed-mean AUROC",
-        "groups": "Head / medium / tail means per run",
-        "auroc": "AUROC, AP and F1 per run and label",
-        "loss": "Loss curves (mean and std over seeds)",
-        "benchmark": "Benchmark (Table III)",
-        "runs": "Runs",
-    }
-    for key, title in titles.items():
+    for key, title in _titles(settings.eval).items():
         if key in tables:
             parts.append(_table_html(tables[key][1], title, tables[key][0]))
     parts.append("<h2>Run configurations</h2>")
     for run in runs:
-        text = yaml.safe_dump(run.config, sort_keys=False) if run.config else "(no config.yaml)"
+        text = (
+            yaml.safe_dump(run.settings, sort_keys=False) if run.config else f"(no {rundir.CONFIG})"
+        )
         parts.append(
-            f"<details><summary>{html.escape(f'{run.task}/{run.head}/seed-{run.seed}')}</summary>"
+            f"<details><summary>{html.escape(run.name)}</summary>"
             f"<pre>{html.escape(text)}</pre></details>"
         )
     parts.append("<h2>Software versions (this report)</h2>")
-    parts.append(f"<pre>{html.escape(json.dumps(_versions(), indent=1))}</pre>")
+    parts.append(
+        f"<pre>{html.escape(json.dumps(package_versions(REPORT_PACKAGES), indent=1))}</pre>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(
-    runs_dir: str | Path,
-    *,
-    resamples: int | None = None,
-    benchmark: str | Path | None = None,
-    recompute: bool = False,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Write summary/ (CSV tables, figures, report.html) for an experiment; returns an index."""
-    runs_dir = Path(runs_dir)
-    runs = scan(runs_dir, recompute=recompute)
-    resamples = EvalConfig().bootstrap if resamples is None else resamples
-    out_dir = runs_dir / "summary"
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    notes = []
+def _titles(settings: EvalConfig) -> dict[str, str]:
+    level = f"{100 * (1 - settings.alpha):g}%"
+    return {
+        "stats": "CDL vs DQC per label: paired t-test, eq. (4) % diff., Holm-adjusted p",
+        "bootstrap": f"Bootstrap {level} confidence intervals of seed-mean AUROC "
+        f"({settings.bootstrap} resamples)",
+        "groups": "Head / medium / tail means per run",
+        "auroc": f"AUROC, AP and F1 (threshold {settings.f1_threshold:g}) per run and label",
+        "loss": "Loss curves (mean and std over seeds)",
+        "benchmark": "Benchmark (Table III)",
+        "runs": "Runs",
+    }
 
-    auroc = S.long_table(
-        {"task": r.task, "head": r.head, "seed": r.seed, "metrics": r.metrics}
-        for r in runs
-        if r.metrics
-    )
-    if auroc.empty:
-        raise FileNotFoundError(f"{runs_dir}: no run has metrics.json or predictions to evaluate")
+
+def single_class_notes(runs: list[Run]) -> list[str]:
+    """One note per task/test set naming the labels with a single class (NaN AUROC and AP)."""
     single: dict[str, set[str]] = {}
     for r in runs:
         for testset, m in r.metrics.get("testsets", {}).items():
@@ -329,25 +241,43 @@ def write_report(
             single.setdefault(f"{r.task}/{testset}", set()).update(
                 m.get("single_class", nan_labels)
             )
-    for where, names in sorted(single.items()):
-        if names:
-            notes.append(
-                f"{where}: single class in the test set, AUROC/AP NaN and left out of means: "
-                + ", ".join(sorted(names))
-            )
+    return [
+        f"{where}: single class in the test set, AUROC/AP NaN and left out of means: "
+        + ", ".join(sorted(names))
+        for where, names in sorted(single.items())
+        if names
+    ]
+
+
+def metric_tables(
+    runs_dir: Path, runs: list[Run], settings: EvalConfig, progress: bool
+) -> tuple[Tables, pd.DataFrame]:
+    """The tables of the runs' metrics and statistics (all but loss and benchmark), and the
+    CDL vs DQC comparison the figures draw."""
+    auroc = S.long_table(
+        {"task": r.task, "head": r.head, "seed": r.seed, "metrics": r.metrics}
+        for r in runs
+        if r.metrics
+    )
+    if auroc.empty:
+        raise FileNotFoundError(f"{runs_dir}: no run has metrics.json or predictions to evaluate")
     compared = S.compare(auroc)
-    tables: dict[str, tuple[str, pd.DataFrame]] = {
+    tables: Tables = {
         "auroc": ("auroc.csv", auroc),
         "stats": ("stats.csv", compared),
         "summary": ("summary.csv", pd.DataFrame(S.summary_table(compared))),
         "groups": ("groups.csv", groups_table(runs)),
         "runs": ("runs.csv", runs_table(runs)),
     }
-    if resamples > 0:
-        tables["bootstrap"] = ("bootstrap.csv", bootstrap_table(runs, resamples, progress))
-    figures: list[tuple[Path, str]] = []
+    if settings.bootstrap > 0:
+        boot = bootstrap_table(runs, settings.bootstrap, progress, alpha=settings.alpha)
+        tables["bootstrap"] = ("bootstrap.csv", boot)
+    return tables, compared
 
-    loss_frames = []
+
+def loss_figures(runs: list[Run], fig_dir: Path) -> tuple[pd.DataFrame | None, Figures, list[str]]:
+    """Fig. 4 per task from the runs' histories: (loss table, figures, notes)."""
+    frames, figures, notes = [], [], []
     for task in sorted({r.task for r in runs}):
         histories: dict[str, list[pd.DataFrame]] = {}
         for r in runs:
@@ -357,14 +287,16 @@ def write_report(
             notes.append(f"{task}: no history.csv found, no loss curves")
             continue
         table = P.loss_table(histories)
-        loss_frames.append(table.assign(task=task))
+        frames.append(table.assign(task=task))
         paths = P.loss_curves(table, fig_dir / f"loss-{task}", title=f"{task.upper()}: loss")
         figures.append((paths[0], f"Fig. 4: training and validation loss, {task.upper()}"))
-    if loss_frames:
-        tables["loss"] = ("loss.csv", pd.concat(loss_frames, ignore_index=True))
+    return (pd.concat(frames, ignore_index=True) if frames else None), figures, notes
 
+
+def auroc_figures(compared: pd.DataFrame, fig_dir: Path, alpha: float) -> Figures:
+    """Figs. 5-13: mean and per-label AUROC bars, volcano plots (line at p = alpha)."""
     paths = P.mean_auroc_bars(compared, fig_dir / "mean-auroc")
-    figures.append((paths[0], "Fig. 5: mean AUROC, CDL vs DQC, mean ± std over seeds"))
+    figures = [(paths[0], "Fig. 5: mean AUROC, CDL vs DQC, mean ± std over seeds")]
     for (task, testset), _ in compared.groupby(["task", "testset"]):
         paths = P.label_auroc_bars(compared, task, testset, fig_dir / f"auroc-{task}-{testset}")
         figures.append((paths[0], f"Figs. 6-11: per-label AUROC, {task.upper()}, {testset}"))
@@ -374,22 +306,56 @@ def write_report(
         ("volcano-cxr14", [x for x in CXR14 if x not in CXR8], "Fig. 13: CXR-14 added labels"),
     ):
         if present & set(labels):
-            paths = P.volcano(compared, labels, fig_dir / name, title=caption)
+            paths = P.volcano(compared, labels, fig_dir / name, title=caption, alpha=alpha)
             figures.append((paths[0], caption))
+    return figures
 
+
+def benchmark_figure(bench_path: Path, fig_dir: Path) -> tuple[pd.DataFrame, Figures]:
+    bench = P.read_benchmark(bench_path)
+    paths = P.benchmark_bars(bench, fig_dir / "benchmark")
+    return bench, [(paths[0], f"Table III as bars, from {bench_path}")]
+
+
+def write_report(
+    runs_dir: str | Path,
+    *,
+    resamples: int | None = None,
+    alpha: float | None = None,
+    benchmark: str | Path | None = None,
+    recompute: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write summary/ (CSV tables, figures, report.html) for an experiment; returns an index.
+
+    The significance level and bootstrap count are the runs' `eval:` settings; `resamples`
+    (0: no bootstrap) and `alpha` override them. The index records them under "eval".
+    """
+    runs_dir = Path(runs_dir)
+    runs = scan(runs_dir, recompute=recompute)
+    settings = experiment_eval(runs, resamples=resamples, alpha=alpha)
+    out_dir = runs_dir / "summary"
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    notes = single_class_notes(runs)
+    tables, compared = metric_tables(runs_dir, runs, settings.eval, progress)
+    loss, figures, loss_notes = loss_figures(runs, fig_dir)
+    notes += loss_notes
+    if loss is not None:
+        tables["loss"] = ("loss.csv", loss)
+    figures += auroc_figures(compared, fig_dir, settings.eval.alpha)
     bench_path = Path(benchmark) if benchmark else find_benchmark(runs_dir)
     if bench_path is not None:
-        bench = P.read_benchmark(bench_path)
+        bench, bench_figures = benchmark_figure(bench_path, fig_dir)
         tables["benchmark"] = ("benchmark.csv", bench)
-        paths = P.benchmark_bars(bench, fig_dir / "benchmark")
-        figures.append((paths[0], f"Table III as bars, from {bench_path}"))
-
+        figures += bench_figures
     for csv_name, frame in tables.values():
         frame.to_csv(out_dir / csv_name, index=False)
     report = out_dir / "report.html"
-    report.write_text(_html(runs_dir, runs, tables, figures, notes), encoding="utf-8")
+    report.write_text(_html(runs_dir, runs, settings, tables, figures, notes), encoding="utf-8")
     return {
         "report": str(report),
+        "eval": settings.as_dict(),
         "tables": {k: str(out_dir / name) for k, (name, _) in tables.items()},
         "figures": sorted(str(p) for p in fig_dir.iterdir()),
         "summary": _clean(S.summary_table(compared)),

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from qcxr.config import EvalConfig
+from qcxr.config import HEADS, EvalConfig
 from qcxr.evaluate.metrics import weighted_auroc
 
 MEAN = "mean"  # the row holding the mean over labels, beside the per-label rows
-HEADS = ("cdl", "dqc")
+DIFF = "cdl-dqc"  # the bootstrap rows of the CDL - DQC difference
 
 
 def significance_mark(p: float) -> str:
@@ -180,13 +180,139 @@ def _aligned(runs: Sequence[tuple[list[str], np.ndarray, np.ndarray]], where: st
     return out
 
 
+def _per_head(
+    runs: dict[str, Sequence[tuple[list[str], np.ndarray, np.ndarray]]], where: str
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Each head's seeds as (probs, truth), rows aligned to one id order across every run."""
+    heads = [h for h in runs if runs[h]]
+    aligned = _aligned([run for h in heads for run in runs[h]], where)
+    per_head, start = {}, 0
+    for h in heads:
+        per_head[h] = aligned[start : start + len(runs[h])]
+        start += len(runs[h])
+    return per_head
+
+
+def _seed_mean_auroc(
+    seeds: Sequence[tuple[np.ndarray, np.ndarray]], j: int, weights: np.ndarray
+) -> np.ndarray:
+    """Label j's AUROC averaged over seeds, for each row of `weights` (R, N): shape (R,)."""
+    per_seed = [
+        weighted_auroc(p[:, j], t[:, j] == 1, weights, np.isfinite(t[:, j])) for p, t in seeds
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN label -> NaN, not a crash
+        return np.nanmean(per_seed, axis=0)
+
+
+def point_estimates(
+    per_head: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+) -> dict[str, np.ndarray]:
+    """Each head's seed-mean AUROC per label on the test set as it is: {head: (n_labels,)}."""
+    out = {}
+    for h, seeds in per_head.items():
+        n_images, n_labels = seeds[0][0].shape
+        ones = np.ones((1, n_images), dtype=np.int64)
+        out[h] = np.empty(n_labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN label -> NaN, not a crash
+            for j in range(n_labels):
+                out[h][j] = np.nanmean(
+                    [
+                        weighted_auroc(p[:, j], t[:, j] == 1, ones, np.isfinite(t[:, j]))[0]
+                        for p, t in seeds
+                    ]
+                )
+    return out
+
+
+def resampled_aurocs(
+    per_head: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+    resamples: int,
+    *,
+    seed: int = 0,
+    chunk: int = 100,
+    where: str = "bootstrap",
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Each head's seed-mean AUROC per label on `resamples` bootstrap resamples of the test
+    images: {head: (resamples, n_labels)}.
+
+    A resample is a row of multinomial counts, drawn `chunk` rows at a time from
+    default_rng(seed), the same counts weighting every seed and head.
+    """
+    from tqdm.auto import tqdm
+
+    n_images, n_labels = next(iter(per_head.values()))[0][0].shape
+    rng = np.random.default_rng(seed)
+    draws = {h: np.empty((resamples, n_labels)) for h in per_head}
+    bar = tqdm(total=resamples, desc=f"bootstrap {where}", unit="resample", disable=not progress)
+    for lo in range(0, resamples, chunk):
+        size = min(chunk, resamples - lo)
+        counts = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=size)
+        counts = counts.astype(np.int32)
+        for h, seeds in per_head.items():
+            for j in range(n_labels):
+                draws[h][lo : lo + size, j] = _seed_mean_auroc(seeds, j, counts)
+        bar.update(size)
+    bar.close()
+    return draws
+
+
+def percentile_interval(sample: np.ndarray, alpha: float) -> tuple[float, float, int]:
+    """(lo, hi, resamples used): the central 1 - alpha percentile interval of the finite draws."""
+    sample = sample[np.isfinite(sample)]
+    if not len(sample):
+        return math.nan, math.nan, 0
+    lo, hi = np.percentile(sample, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi), int(len(sample))
+
+
+def interval_table(
+    point: dict[str, np.ndarray],
+    draws: dict[str, np.ndarray],
+    labels: Sequence[str],
+    alpha: float,
+) -> pd.DataFrame:
+    """Rows head, label, estimate, lo, hi, resamples: per label and for the mean over labels,
+    for each head and, when both exist, for the CDL - DQC difference."""
+    # (head, label, point estimate, resampled values)
+    entries: list[tuple[str, str, float, np.ndarray]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN label -> NaN, not a crash
+        means = {h: (np.nanmean(point[h]), np.nanmean(draws[h], axis=1)) for h in point}
+        for h in point:
+            entries += [(h, lab, point[h][j], draws[h][:, j]) for j, lab in enumerate(labels)]
+            entries.append((h, MEAN, *means[h]))
+        if {"cdl", "dqc"} <= set(point):
+            for j, label in enumerate(labels):
+                diff = draws["cdl"][:, j] - draws["dqc"][:, j]
+                entries.append((DIFF, label, point["cdl"][j] - point["dqc"][j], diff))
+            (cdl, cdl_draws), (dqc, dqc_draws) = means["cdl"], means["dqc"]
+            entries.append((DIFF, MEAN, cdl - dqc, cdl_draws - dqc_draws))
+        rows = []
+        for head, label, estimate, sample in entries:
+            lo, hi, used = percentile_interval(sample, alpha)
+            rows.append(
+                {
+                    "head": head,
+                    "label": label,
+                    "estimate": float(estimate),
+                    "lo": lo,
+                    "hi": hi,
+                    "resamples": used,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def bootstrap_auroc(
     runs: dict[str, Sequence[tuple[list[str], np.ndarray, np.ndarray]]],
     labels: Sequence[str],
     *,
-    resamples: int | None = None,
+    resamples: int = EvalConfig.bootstrap,
     seed: int = 0,
-    alpha: float | None = None,
+    alpha: float = EvalConfig.alpha,
     chunk: int = 100,
     where: str = "bootstrap",
     progress: bool = False,
@@ -196,89 +322,14 @@ def bootstrap_auroc(
     `runs` maps a head to its seeds' (ids, probs (N, n), truth (N, n)) on one test set. Test
     images are resampled with replacement; each resample weights every seed and head alike.
     Rows: head (each head, and "cdl-dqc" when both exist), label, estimate, lo, hi, resamples.
+    The defaults are the paper's (config.EvalConfig); the report passes the experiment's own.
     """
-    config = EvalConfig()
-    resamples = config.bootstrap if resamples is None else resamples
-    alpha = config.alpha if alpha is None else alpha
-    heads = [h for h in runs if runs[h]]
-    flat = [run for h in heads for run in runs[h]]
-    aligned = _aligned(flat, where)
-    per_head, start = {}, 0
-    for h in heads:
-        per_head[h] = aligned[start : start + len(runs[h])]
-        start += len(runs[h])
-    n_images, n_labels = aligned[0][0].shape
-    rng = np.random.default_rng(seed)
-    # draws[head] : (resamples, n_labels) seed-mean AUROC per resample
-    draws = {h: np.empty((resamples, n_labels)) for h in heads}
-    point = {h: np.empty(n_labels) for h in heads}
-    ones = np.ones((1, n_images), dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN label -> NaN, not a crash
-        for h in heads:
-            for j in range(n_labels):
-                point[h][j] = np.nanmean(
-                    [
-                        weighted_auroc(p[:, j], t[:, j] == 1, ones, np.isfinite(t[:, j]))[0]
-                        for p, t in per_head[h]
-                    ]
-                )
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=resamples, desc=f"bootstrap {where}", unit="resample", disable=not progress)
-    for lo in range(0, resamples, chunk):
-        size = min(chunk, resamples - lo)
-        counts = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=size)
-        counts = counts.astype(np.int32)
-        for h in heads:
-            for j in range(n_labels):
-                per_seed = [
-                    weighted_auroc(p[:, j], t[:, j] == 1, counts, np.isfinite(t[:, j]))
-                    for p, t in per_head[h]
-                ]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    draws[h][lo : lo + size, j] = np.nanmean(per_seed, axis=0)
-        bar.update(size)
-    bar.close()
-    rows = []
-
-    def add(head: str, label: str, estimate: float, sample: np.ndarray) -> None:
-        sample = sample[np.isfinite(sample)]
-        lo_, hi_ = (
-            np.percentile(sample, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-            if len(sample)
-            else (math.nan, math.nan)
-        )
-        rows.append(
-            {
-                "head": head,
-                "label": label,
-                "estimate": float(estimate),
-                "lo": float(lo_),
-                "hi": float(hi_),
-                "resamples": int(len(sample)),
-            }
-        )
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        means = {h: np.nanmean(draws[h], axis=1) for h in heads}
-        for h in heads:
-            for j, label in enumerate(labels):
-                add(h, label, point[h][j], draws[h][:, j])
-            add(h, MEAN, np.nanmean(point[h]), means[h])
-        if {"cdl", "dqc"} <= set(heads):
-            for j, label in enumerate(labels):
-                diff = draws["cdl"][:, j] - draws["dqc"][:, j]
-                add("cdl-dqc", label, point["cdl"][j] - point["dqc"][j], diff)
-            add(
-                "cdl-dqc",
-                MEAN,
-                np.nanmean(point["cdl"]) - np.nanmean(point["dqc"]),
-                means["cdl"] - means["dqc"],
-            )
-    return pd.DataFrame(rows)
+    per_head = _per_head(runs, where)
+    point = point_estimates(per_head)
+    draws = resampled_aurocs(
+        per_head, resamples, seed=seed, chunk=chunk, where=where, progress=progress
+    )
+    return interval_table(point, draws, labels, alpha)
 
 
 def long_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:

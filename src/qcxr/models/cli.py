@@ -6,6 +6,7 @@ import argparse
 import json
 
 from qcxr.cli import add_task_arguments, task_from_args
+from qcxr.config import HEADS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     summary = model_sub.add_parser("summary", help="parameter count per component (Table II)")
     add_task_arguments(summary, "cxr8")
-    summary.add_argument("--head", default="dqc", choices=["cdl", "dqc"])
+    summary.add_argument("--head", default="dqc", choices=HEADS)
     summary.add_argument("--layers", type=int, default=3, help="DQC variational layers")
     summary.add_argument("--json", action="store_true", help="print JSON")
     summary.set_defaults(func=_summary)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qcxr.config import HEADS
 from qcxr.quantum import dqc_expvals
 
 
@@ -62,4 +63,4 @@ def make_head(
         return ClassicalHead(num_labels)
     if head == "dqc":
         return DressedQuantumHead(num_labels, num_layers, entangler, backend)
-    raise ValueError(f"unknown head {head!r}; choose 'cdl' or 'dqc'")
+    raise ValueError(f"model.head: unknown head {head!r}; choose from {HEADS}")

@@ -21,10 +21,10 @@ def head_param_counts(task: str | Task, head: str, num_layers: int = 3) -> dict[
     Any number of labels n: the shapes are traced (not computed) on the circuit backend
     "auto" picks for n, which can trace large n.
     """
-    from qcxr.train.model import circuit_backend
+    from qcxr.quantum.cost import choose_backend
 
     n = len(resolve_task(task))
-    backend = circuit_backend("auto", n, num_layers, "ring")
+    backend = choose_backend(n, num_layers, "ring")
     module = make_head(head, n, num_layers=num_layers, backend=backend)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 2048)))
     params = shapes["params"]

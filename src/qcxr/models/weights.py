@@ -230,11 +230,10 @@ def _from_hub(source: str, cache_dir: str | None) -> tuple[dict, str]:
 
 
 def _file_identity(kind: str, *files: Path) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256()  # one digest over the files' bytes in turn
     for file in files:
         with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            hashlib.file_digest(handle, lambda: digest)
     where = files[0].resolve() if len(files) == 1 else files[0].resolve().parent
     return f"{kind}:{where}@sha256:{digest.hexdigest()}"
 

@@ -14,7 +14,7 @@ ENTANGLERS = ("ring", "chain", "none")
 
 
 def entangler_cnots(n: int, entangler: str) -> list[tuple[int, int]]:
-    """(control, target) pairs in application order (DESIGN.md contract)."""
+    """(control, target) pairs in application order (the circuit of docs/ARCHITECTURE.md)."""
     if entangler not in ENTANGLERS:
         raise ValueError(f"unknown entangler {entangler!r}; choose one of {ENTANGLERS}")
     if entangler == "none" or n < 2:

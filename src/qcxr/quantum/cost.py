@@ -44,3 +44,9 @@ def crossover(num_layers: int, entangler: str) -> int:
 def choose_backend(n: int, num_layers: int, entangler: str) -> str:
     """ "statevector" below the measured crossover, "mps" from it on (`CROSSOVER`)."""
     return "mps" if n >= crossover(num_layers, entangler) else "statevector"
+
+
+def resolve_backend(backend: str, n: int, num_layers: int, entangler: str) -> str:
+    """The simulator a DQC head of n qubits runs on: `backend`, or for "auto" the cheaper of
+    statevector and mps (`choose_backend`)."""
+    return choose_backend(n, num_layers, entangler) if backend == "auto" else backend

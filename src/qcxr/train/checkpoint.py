@@ -22,6 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from qcxr import config as config_lib
+from qcxr import rundir
 from qcxr.config import Config
 
 TRASH = "trash"
@@ -38,7 +39,7 @@ class RunCheckpoints:
     """The latest and best checkpoints of one run directory."""
 
     def __init__(self, run_dir: str | Path):
-        self.directory = Path(run_dir) / "checkpoints"
+        self.directory = Path(run_dir) / rundir.CHECKPOINTS
         self._latest = _manager(self.directory / "latest")
         self._best = _manager(self.directory / "best")
 
@@ -125,7 +126,7 @@ def load_best(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     "head"}, "batch_stats": {"backbone"}} for finetuned ones (see qcxr.train.model).
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / rundir.CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not found; is {run_dir} a training run directory?")
     checkpoints = RunCheckpoints(run_dir)

@@ -10,7 +10,6 @@ file lacks are NaN.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from qcxr.config import Config, task_of
+from qcxr import rundir
+from qcxr.config import SOURCES, Config, task_of
 from qcxr.labels import Task
 
 SPLITS = ("train", "val")
 TESTSETS = {"nih": "test", "mimic": "mimic"}  # testset name -> feature store split
-SOURCES = ("auto", "nih", "mimic")  # data.source
 # training source -> feature store split of train and val (`qcxr features --split`)
 TRAIN_STORES = {
     "nih": {"train": "train", "val": "val"},
     "mimic": {"train": "mimic-train", "val": "mimic-val"},
 }
-FEATURE_NORM_FILE = "feature_norm.safetensors"
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,12 @@ class Split:
     label_names: list[str]
     checksum: str  # sha256 of the label file
     inputs: np.ndarray | None = None  # float32 (N, F) or (N, V, F) features
+
+
+def checksums(train: Any, val: Any, tests: dict[str, Any]) -> dict[str, str]:
+    """{split name: sha256 of its label file} for versions.json."""
+    splits = {"train": train, "val": val, **tests}
+    return {name: split.checksum for name, split in splits.items()}
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,21 @@ class FrozenData:
         return int(self.train.inputs.shape[-1])
 
     def checksums(self) -> dict[str, str]:
-        splits = {"train": self.train, "val": self.val, **self.tests}
-        return {name: split.checksum for name, split in splits.items()}
+        return checksums(self.train, self.val, self.tests)
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Labelled image datasets of a study and the image cache holding their images."""
+
+    train: Any  # qcxr.data.datasets.LabeledImages
+    val: Any
+    tests: dict[str, Any]
+    cache: Any  # qcxr.data.cache.ImageCache
+    source: str = "nih"  # where train and val came from (training_source)
+
+    def checksums(self) -> dict[str, str]:
+        return checksums(self.train, self.val, self.tests)
 
 
 def _lacking(path: Path, task: Task) -> list[str] | None:
@@ -75,8 +92,7 @@ def training_source(config: Config) -> str:
     """Where train and val come from, "nih" or "mimic": data.source, or for "auto" nih when the
     study's NIH train file carries every task label, else mimic when its MIMIC train file does;
     else an error naming both files and the labels each lacks."""
-    from qcxr.data.datasets import missing_message
-    from qcxr.data.synthetic import study_paths
+    from qcxr.data.datasets import missing_message, study_paths
 
     setting = config.data.source
     if setting not in SOURCES:
@@ -116,8 +132,7 @@ def datasets(config: Config, *, check_files: bool) -> dict[str, Any]:
     the test set of the same dataset. The other dataset's test set is external: labels it lacks
     are NaN (with a warning).
     """
-    from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT
-    from qcxr.data.synthetic import study_paths
+    from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT, study_paths
 
     if not config.data.study:
         raise ValueError("no study given: pass --study ROOT (or set data.study in the config)")
@@ -151,36 +166,7 @@ def datasets(config: Config, *, check_files: bool) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Store:
-    ids: list[str]
-    features: np.ndarray
-    meta: dict[str, Any]
-
-
-def read_store(path: Path) -> Store:
-    """A feature store file (contract B): via qcxr.features when present."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: feature store not found; run `qcxr features` first")
-    try:
-        from qcxr.features import load_feature_store
-    except ModuleNotFoundError:
-        load_feature_store = None
-    if load_feature_store is not None:
-        store = load_feature_store(path)
-        return Store(list(store.ids), np.asarray(store.features, np.float32), dict(store.meta))
-    from safetensors import safe_open
-
-    with safe_open(str(path), "numpy") as f:
-        meta = dict(f.metadata() or {})
-        features = f.get_tensor("features").astype(np.float32)
-    ids = json.loads(meta.get("ids", "null"))
-    if not isinstance(ids, list) or len(ids) != len(features):
-        raise ValueError(f"{path}: metadata 'ids' must list one id per feature row")
-    return Store(ids, features, meta)
-
-
-def aligned(store: Store, dataset: Any, path: Path) -> Split:
+def aligned(store: Any, dataset: Any, path: Path) -> Split:
     """Labels of the store's rows, by id; every row must have a label row."""
     row_of = {image_id: i for i, image_id in enumerate(dataset.ids)}
     missing = [i for i in store.ids if i not in row_of]
@@ -195,12 +181,14 @@ def aligned(store: Store, dataset: Any, path: Path) -> Split:
         dataset.labels[rows].astype(np.float32),
         list(dataset.label_names),
         dataset.checksum,
-        store.features,
+        np.asarray(store.features, np.float32),
     )
 
 
 def load_frozen_data(config: Config) -> FrozenData:
     """Features from <data.features>/{train,val,test,mimic}.safetensors, labels from the study."""
+    from qcxr.features import load_feature_store
+
     if not config.data.features:
         raise ValueError("frozen mode needs feature stores: pass --features DIR")
     directory = Path(config.data.features)
@@ -213,7 +201,7 @@ def load_frozen_data(config: Config) -> FrozenData:
         external = name in TESTSETS and name != source  # optional: the other dataset's test
         if name not in labelled or (external and not path.is_file()):
             continue
-        store = read_store(path)
+        store = load_feature_store(path)
         weights.add(str(store.meta.get("weights", "unknown")))
         splits[name] = aligned(store, labelled[name], path)
     if len(weights) > 1:
@@ -246,12 +234,12 @@ def standardized(split: Split, norm: tuple[np.ndarray, np.ndarray]) -> Split:
 def save_feature_norm(run_dir: Path, norm: tuple[np.ndarray, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
-    save_file({"mean": norm[0], "std": norm[1]}, str(run_dir / FEATURE_NORM_FILE))
+    save_file({"mean": norm[0], "std": norm[1]}, str(run_dir / rundir.FEATURE_NORM))
 
 
 def load_feature_norm(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """The standardisation a frozen run was trained with, or None."""
-    path = Path(run_dir) / FEATURE_NORM_FILE
+    path = Path(run_dir) / rundir.FEATURE_NORM
     if not path.is_file():
         return None
     from safetensors.numpy import load_file
@@ -265,6 +253,18 @@ def label_frequency(labels: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.nanmean(labels, axis=0)).astype(np.float32)
 
 
+def load_image_data(config: Config, cache_dir: str | Path, progress: bool = True) -> ImageData:
+    """Datasets of the study and an image cache holding all their images (built if needed)."""
+    from qcxr.data.cache import ImageCache
+
+    sets = datasets(config, check_files=True)
+    cache = ImageCache(Path(cache_dir))
+    paths = [p for split in sets.values() for p in split.paths]
+    cache.build(paths, threads=config.data.loader_threads, progress=progress)
+    tests = {name: sets[name] for name in TESTSETS if name in sets}
+    return ImageData(sets["train"], sets["val"], tests, cache, training_source(config))
+
+
 def train_counts(labels: np.ndarray, names: list[str]) -> dict[str, float]:
-    """Positive count per label name (train_counts.json, read by qcxr.evaluate.metrics)."""
+    """Positive count per label name (rundir.TRAIN_COUNTS, for the head/medium/tail groups)."""
     return {name: float(np.nansum(labels[:, i])) for i, name in enumerate(names)}

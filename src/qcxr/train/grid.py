@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ from typing import Any
 import yaml
 
 from qcxr import config as config_lib
+from qcxr import configs, rundir
 from qcxr.config import Config
+from qcxr.rundir import RunResult
 
 CELL_AXES = ("task", "model.head")  # these name directories inside an experiment
 SEED_AXIS = "train.seed"
@@ -45,35 +48,14 @@ class Grid:
     axes: dict[str, list[Any]] = field(default_factory=dict)
 
 
-def _nested(dotted: str, value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    node = out
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def read_grid(source: str | Path | dict[str, Any]) -> Grid:
-    """A Grid from a YAML file or mapping; errors name the file and key."""
+    """A Grid from a YAML file, a bundled config's name or a mapping; errors name the file and
+    key."""
     where = str(source) if not isinstance(source, dict) else "grid"
     if isinstance(source, dict):
         data = dict(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: grid config not found")
+        path = configs.path(source)  # a file, or a bundled config's name ("paper")
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
@@ -86,7 +68,7 @@ def read_grid(source: str | Path | dict[str, Any]) -> Grid:
         config_lib.from_dict(data)  # unknown keys fail here, with their names
         for key, values in axes.items():
             for value in values:
-                config_lib.from_dict(_merge(data, _nested(key, value)))
+                config_lib.from_dict(config_lib.merge(data, config_lib.nested(key, value)))
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     return Grid(experiment, data, axes)
@@ -108,7 +90,7 @@ def _suffix(key: str, value: Any) -> str:
 def cells(grid: Grid, out_dir: str | Path, overrides: dict[str, Any] | None = None) -> list[Cell]:
     """Every cell of the grid, in file order, with run directories under `out_dir`."""
     out_dir = Path(out_dir)
-    base = _merge(grid.base, overrides or {})
+    base = config_lib.merge(grid.base, overrides or {})
     defaults = config_lib.from_dict(base)
     axes = dict(grid.axes)
     seeds = axes.pop(SEED_AXIS, list(defaults.train.seeds))
@@ -122,16 +104,21 @@ def cells(grid: Grid, out_dir: str | Path, overrides: dict[str, Any] | None = No
         for cell_values in itertools.product(*cell_axes.values()):
             settings = base
             for key, value in [*chosen.items(), *zip(cell_axes, cell_values, strict=True)]:
-                settings = _merge(settings, _nested(key, value))
+                settings = config_lib.merge(settings, config_lib.nested(key, value))
             configs = [
-                config_lib.from_dict(_merge(settings, _nested(SEED_AXIS, int(seed))))
+                config_lib.from_dict(
+                    config_lib.merge(settings, config_lib.nested(SEED_AXIS, int(seed)))
+                )
                 for seed in seeds
             ]
-            head = configs[0]
-            cell_dir = experiment_dir / head.task / head.model.head
-            dirs = [cell_dir / f"seed-{c.train.seed}" for c in configs]
+            dirs = [rundir.config_run_path(experiment_dir, c) for c in configs]
             result.append(Cell(experiment_dir, configs, dirs))
     return result
+
+
+# Called with each run's result as soon as the run is finished or skipped (the caller writes
+# what comes after training, such as metrics.json).
+AfterRun = Callable[[RunResult], None]
 
 
 def run_grid(
@@ -140,74 +127,85 @@ def run_grid(
     *,
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
-) -> list[Any]:
+    after_run: AfterRun | None = None,
+) -> list[RunResult]:
     """Train every run of a grid (skipping finished ones, resuming the others); their results.
 
     `out_dir` is the experiment directory (default runs/<experiment>); `overrides` are nested
     config settings applied over the file's (e.g. {"data": {"features": "..."}}).
     """
     from qcxr.train import parallel
-    from qcxr.train.loop import RunResult, is_finished, run_status, train_finetune, train_frozen
 
     parallel.initialize_distributed()
     grid = read_grid(config_or_path)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / grid.experiment
+    data = CellData(progress)
     results: list[RunResult] = []
-    frozen_data: dict[tuple, Any] = {}
-    image_data: dict[tuple, Any] = {}
     for cell in cells(grid, out_dir, overrides):
-        todo = [(c, d) for c, d in zip(cell.configs, cell.run_dirs, strict=True)]
-        for _, run_dir in todo:
-            if is_finished(run_dir):
-                status = run_status(run_dir)
-                print(f"{run_dir}: finished ({status.get('reason')}), skipped", flush=True)
-                results.append(
-                    RunResult(
-                        run_dir,
-                        "finished",
-                        status.get("reason", ""),
-                        status.get("best_epoch", 0),
-                        status.get("best_val_loss", float("nan")),
-                        status.get("epochs", 0),
-                    )
-                )
-        todo = [(c, d) for c, d in todo if not is_finished(d)]
-        if not todo:
-            continue
-        first = todo[0][0]
-        if first.train.mode == "frozen":
-            from qcxr.train.data import load_frozen_data
-
-            key = (
-                first.task,
-                first.labels,
-                first.data.study,
-                first.data.features,
-                first.data.source,
-            )
-            if key not in frozen_data:
-                frozen_data.clear()  # one task's features in memory at a time
-                frozen_data[key] = load_frozen_data(first)
-            results += train_frozen(
-                [c for c, _ in todo],
-                [d for _, d in todo],
-                frozen_data[key],
-                resume=True,
-                progress=progress,
-            )
-            continue
-        from qcxr.train.loop import load_image_data
-
-        cache = first.data.cache or str(cell.experiment_dir / "cache")
-        key = (first.task, first.labels, first.data.study, first.data.source, cache)
-        if key not in image_data:
-            image_data.clear()
-            image_data[key] = load_image_data(first, cache, progress)
-        for config, run_dir in todo:
-            results.append(
-                train_finetune(config, run_dir, image_data[key], resume=True, progress=progress)
-            )
-    failed = [r for r in results if r.status != "finished"]
-    for r in failed:
-        print(f"FAILED {r.run_dir}: {r.reason}", file=sys.stderr)
+        done, todo = finished_runs(cell)
+        for result in done + train_cell(cell, todo, data, progress):
+            if after_run is not None:
+                after_run(result)
+            results.append(result)
+    for r in results:
+        if r.status != "finished":
+            print(f"FAILED {r.run_dir}: {r.reason}", file=sys.stderr)
     return results
+
+
+def finished_runs(cell: Cell) -> tuple[list[RunResult], list[tuple[Config, Path]]]:
+    """(results of the cell's finished runs, which are skipped; (config, dir) of the others)."""
+    done, todo = [], []
+    for config, run_dir in zip(cell.configs, cell.run_dirs, strict=True):
+        result = rundir.result_of(run_dir) if rundir.is_finished(run_dir) else None
+        if result is None:
+            todo.append((config, run_dir))
+            continue
+        print(f"{run_dir}: finished ({result.reason}), skipped", flush=True)
+        done.append(result)
+    return done, todo
+
+
+class CellData:
+    """The data of the last cell's task, kept while the next cells use the same (one task's
+    features or datasets in memory at a time)."""
+
+    def __init__(self, progress: bool):
+        self.progress, self.key, self.data = progress, None, None
+
+    def frozen(self, config: Config) -> Any:
+        from qcxr.train.data import load_frozen_data
+
+        d = config.data
+        key = ("frozen", config.task, config.labels, d.study, d.features, d.source)
+        return self._get(key, lambda: load_frozen_data(config))
+
+    def images(self, config: Config, cache: str) -> Any:
+        from qcxr.train.data import load_image_data
+
+        key = ("images", config.task, config.labels, config.data.study, config.data.source, cache)
+        return self._get(key, lambda: load_image_data(config, cache, self.progress))
+
+    def _get(self, key: tuple, load: Callable[[], Any]) -> Any:
+        if key != self.key:
+            self.key, self.data = None, None  # free the old data before loading the new
+            self.key, self.data = key, load()
+        return self.data
+
+
+def train_cell(
+    cell: Cell, todo: list[tuple[Config, Path]], data: CellData, progress: bool
+) -> list[RunResult]:
+    """Train the unfinished runs of a cell: its seeds together (frozen) or one by one."""
+    if not todo:
+        return []
+    first = todo[0][0]
+    if first.train.mode == "frozen":
+        from qcxr.train.frozen import train_frozen
+
+        configs, dirs = [c for c, _ in todo], [d for _, d in todo]
+        return train_frozen(configs, dirs, data.frozen(first), resume=True, progress=progress)
+    from qcxr.train.finetune import train_finetune
+
+    images = data.images(first, first.data.cache or str(cell.experiment_dir / "cache"))
+    return [train_finetune(c, d, images, resume=True, progress=progress) for c, d in todo]

@@ -9,6 +9,7 @@ Columns: epoch, step, train_loss, val_loss, epoch_time.
   only the time since the resume.
 Rows are buffered and written before each checkpoint save; on resume, rows beyond the checkpoint's
 step are dropped, so a resumed run ends with the same rows as an uninterrupted one.
+qcxr.rundir.read_history reads the file back.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import csv
 import math
 from pathlib import Path
 
-import pandas as pd
+from qcxr.rundir import HISTORY_COLUMNS
 
-COLUMNS = ("epoch", "step", "train_loss", "val_loss", "epoch_time")
+COLUMNS = HISTORY_COLUMNS
 
 
 def _cell(value: float | int | None) -> str:
@@ -63,14 +64,3 @@ class History:
             for row in self._pending:
                 f.write(",".join(_cell(v) for v in row) + "\n")
         self._pending.clear()
-
-
-def read_history(path: str | Path) -> pd.DataFrame:
-    """history.csv as a frame (empty cells NaN)."""
-    return pd.read_csv(path)
-
-
-def epoch_rows(path: str | Path) -> pd.DataFrame:
-    """Only the epoch-end rows of a history.csv."""
-    frame = read_history(path)
-    return frame[frame["val_loss"].notna()].reset_index(drop=True)

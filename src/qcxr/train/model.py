@@ -17,12 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qcxr.config import Config, task_of
+from qcxr.config import BACKBONES, MODES, Config, task_of
+from qcxr.models.heads import make_head
+from qcxr.quantum.cost import resolve_backend
 from qcxr.train.state import INIT, purpose_key
-
-HEADS = ("cdl", "dqc")
-BACKBONES = ("resnet50", "tiny")
-MODES = ("finetune", "frozen")
 
 
 class TinyBackbone(nn.Module):
@@ -48,39 +46,24 @@ class TinyBackbone(nn.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
-def circuit_backend(backend: str, n: int, num_layers: int, entangler: str) -> str:
-    """The simulator a DQC head of n qubits runs on: `backend`, or for "auto" the cheaper of
-    statevector and mps (qcxr.quantum.choose_backend)."""
-    if backend != "auto":
-        return backend
-    from qcxr.quantum import choose_backend
-
-    return choose_backend(n, num_layers, entangler)
-
-
 def resolved_backend(config: Config) -> str | None:
     """What model.backend means for this run (None: a CDL head has no circuit)."""
     if config.model.head != "dqc":
         return None
     m = config.model
-    return circuit_backend(m.backend, len(task_of(config)), m.num_layers, m.entangler)
+    return resolve_backend(m.backend, len(task_of(config)), m.num_layers, m.entangler)
 
 
 def head_module(config: Config) -> nn.Module:
-    """ClassicalHead or DressedQuantumHead for the task, DQC settings from the config."""
-    from qcxr.models import ClassicalHead, DressedQuantumHead
-
-    num_labels = len(task_of(config))
-    if config.model.head == "cdl":
-        return ClassicalHead(num_labels)
-    if config.model.head == "dqc":
-        return DressedQuantumHead(
-            num_labels,
-            num_layers=config.model.num_layers,
-            entangler=config.model.entangler,
-            backend=resolved_backend(config),
-        )
-    raise ValueError(f"model.head: unknown head {config.model.head!r}; choose from {HEADS}")
+    """The configured head for the task (qcxr.models.heads.make_head), its backend resolved."""
+    m = config.model
+    return make_head(
+        m.head,
+        len(task_of(config)),
+        num_layers=m.num_layers,
+        entangler=m.entangler,
+        backend=resolved_backend(config) or m.backend,
+    )
 
 
 def backbone_module(config: Config) -> nn.Module:

@@ -1,4 +1,4 @@
-"""predictions-<testset>.parquet (interface D): "id", then "p:L" and "y:L" for each label L."""
+"""predictions-<testset>.parquet (qcxr.rundir.predictions_path; docs/ARCHITECTURE.md): "id", then "p:L" and "y:L" for each label L."""
 
 from __future__ import annotations
 

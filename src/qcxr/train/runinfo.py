@@ -5,23 +5,13 @@ from __future__ import annotations
 import json
 import platform
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import jax
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "dm-pix", "pennylane")
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+from qcxr import rundir
+from qcxr.versions import RUN_PACKAGES, package_versions
 
 
 def device_info() -> dict[str, Any]:
@@ -49,12 +39,12 @@ def write_versions(
     became in this session, e.g. {"model.backend": "mps", "data.source": "mimic"}; config.yaml
     keeps the setting as written.
     """
-    path = Path(run_dir) / "versions.json"
+    path = Path(run_dir) / rundir.VERSIONS
     session = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed": resumed,
         "python": platform.python_version(),
-        "packages": package_versions(),
+        "packages": {k: v for k, v in package_versions(RUN_PACKAGES).items() if k != "python"},
         "device": device_info(),
         "resolved": dict(resolved or {}),
     }

@@ -6,10 +6,13 @@ BCE, Adam 1e-4) on a resident zero batch and returns `(step, sync)`: `step()` ru
 step and returns the loss, `sync(loss)` blocks until that step has finished on the device.
 
 These modules run inside `worker.py`, possibly under another interpreter (a framework's own
-environment), so nothing here imports a framework at module level.
+environment), so nothing here imports a framework at module level; `qcxr.config` imports only
+the standard library.
 """
 
 from __future__ import annotations
+
+from qcxr.config import HEADS, ModelConfig, TrainConfig
 
 # Framework name -> (module, distributions it needs). Order is the column order of Table III.
 FRAMEWORKS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -19,12 +22,13 @@ FRAMEWORKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "qcxr": ("qcxr_jax", ("jax", "flax", "optax")),
 }
 
-HEADS = ("cdl", "dqc")
-BACKBONES = ("resnet50", "none")
+__all__ = ["BACKBONES", "FRAMEWORKS", "HEADS", "check_cell"]
+
+BACKBONES = ("resnet50", "none")  # none: the head alone, on zero (B, FEATURES) features
 FEATURES = 2048  # ResNet50 pooled width: the head's input with --backbone none
 IMAGE_SHAPE = (224, 224, 3)  # Sec. III-F crop, NHWC (torch gets the NCHW transpose)
-LEARNING_RATE = 1e-4  # Sec. III-F; mirrors config.TrainConfig (workers may lack qcxr's deps)
-NUM_LAYERS = 3  # Sec. III-C.2; mirrors config.ModelConfig
+LEARNING_RATE = TrainConfig().learning_rate  # Sec. III-F: Adam 1e-4
+NUM_LAYERS = ModelConfig().num_layers  # Sec. III-C.2: 3 variational layers
 
 
 def check_cell(head: str, num_labels: int, batch: int, backbone: str) -> None:

@@ -1,8 +1,8 @@
 """The DQC circuit as a PennyLane QNode, shared by the three PennyLane frameworks.
 
-Same circuit as `qcxr.quantum.dqc_expvals` (DESIGN.md, contract A): H and RY(x_i) on every wire,
-then per layer RY(w[l, i]) on every wire and a CNOT ring; <Z_i> on every wire. default.qubit with
-backprop, the paper's "best differentiation method" (Sec. III-D).
+Same circuit as `qcxr.quantum.dqc_expvals` (docs/ARCHITECTURE.md, "The quantum core"): H and
+RY(x_i) on every wire, then per layer RY(w[l, i]) on every wire and a CNOT ring; <Z_i> on every
+wire. default.qubit with backprop, the paper's "best differentiation method" (Sec. III-D).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ VERSIONS = ("pennylane", "jax", "jaxlib", "flax", "optax", "numpy")
 def _dense(num_labels: int):
     import flax.linen as nn
 
-    # qcxr.models' heads initialise Dense layers this way (DESIGN.md, contract A).
+    # As qcxr.models.heads: Lecun normal kernels (Sec. III-F), zero biases.
     return nn.Dense(
         num_labels, kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros
     )

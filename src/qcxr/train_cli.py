@@ -1,4 +1,8 @@
-"""`qcxr train` (one run) and `qcxr run CONFIG.yaml` (a grid)."""
+"""`qcxr train` (one run) and `qcxr run CONFIG.yaml` (a grid), each followed by the metrics.
+
+These commands sit above training and evaluation: qcxr.train trains and writes predictions,
+then this module has qcxr.evaluate.metrics write each finished run's metrics.json.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,14 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
+from qcxr import configs, rundir
 from qcxr.cli import add_task_arguments, labels_from_args
+from qcxr.config import BACKBONES, HEADS, MODES, SOURCES, merge, nested
+from qcxr.rundir import RunResult
 
 # flag -> dotted config key (value types come from argparse)
 TRAIN_FLAGS = {
@@ -37,27 +45,19 @@ TRAIN_FLAGS = {
 }
 
 
-def _nested(dotted: str, value: Any) -> dict[str, Any]:
-    from qcxr.train.grid import _nested
-
-    return _nested(dotted, value)
-
-
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    from qcxr.train.grid import _merge
+    import yaml
 
     out: dict[str, Any] = {}
     for flag, key in flags.items():
         value = getattr(args, flag, None)
         if value is not None:
-            out = _merge(out, _nested(key, value))
+            out = merge(out, nested(key, value))
     for item in getattr(args, "set", None) or []:
         key, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=3e-4")
-        import yaml
-
-        out = _merge(out, _nested(key.strip(), yaml.safe_load(text)))
+        out = merge(out, nested(key.strip(), yaml.safe_load(text)))
     return out
 
 
@@ -79,7 +79,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from qcxr.quantum import BACKENDS, ENTANGLERS  # jax: qcxr.models imports it anyway
-    from qcxr.train.data import SOURCES
+    from qcxr.train.losses import LOSSES
+    from qcxr.train.state import OPTIMIZERS, SCHEDULES
 
     train = subparsers.add_parser(
         "train",
@@ -87,13 +88,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train one run into <out>/<task>/<head>/seed-<k>/ (history.csv, "
         "checkpoints/, predictions-*.parquet, metrics.json). Defaults: the paper's protocol.",
     )
-    train.add_argument("--config", help="YAML config (any Config field; a grid file's base)")
+    train.add_argument(
+        "--config",
+        help="YAML config (any Config field; a grid file's base), or a bundled config's name",
+    )
     add_task_arguments(train, "cxr8")
     train.add_argument("--source", choices=SOURCES,
                        help="train/val label files: nih, mimic (CXR-LT 2023) or auto")  # fmt: skip
-    train.add_argument("--head", choices=("cdl", "dqc"))
+    train.add_argument("--head", choices=HEADS)
     train.add_argument("--seed", type=int)
-    train.add_argument("--mode", choices=("finetune", "frozen"))
+    train.add_argument("--mode", choices=MODES)
     train.add_argument("--out", default="runs/default", help="experiment dir (runs/<experiment>)")
     train.add_argument("--run-dir", help="exact run directory (instead of the <out>/... layout)")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
@@ -101,11 +105,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--patience", type=int, help="early-stopping patience (paper: 5)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, help="learning rate (paper: 1e-4)")
-    train.add_argument("--loss", choices=("bce", "weighted_bce", "focal", "asl"))
-    train.add_argument("--schedule", choices=("constant", "cosine", "warmup_cosine"))
-    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    train.add_argument("--loss", choices=LOSSES)
+    train.add_argument("--schedule", choices=SCHEDULES)
+    train.add_argument("--optimizer", choices=OPTIMIZERS)
     train.add_argument("--checkpoint-every", type=int, help="steps between mid-epoch checkpoints")
-    train.add_argument("--backbone", choices=("resnet50", "tiny"))
+    train.add_argument("--backbone", choices=BACKBONES)
     train.add_argument("--weights", help="backbone weights: hub id, directory, file or random:N")
     train.add_argument("--layers", type=int, help="DQC variational layers (paper: 3)")
     train.add_argument("--entangler", choices=ENTANGLERS)
@@ -120,7 +124,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train tasks x heads x seeds (and lists of any setting) from a grid file "
         "such as configs/paper.yaml.",
     )
-    run.add_argument("config", help="grid YAML (configs/paper.yaml, configs/demo.yaml)")
+    run.add_argument(
+        "config",
+        help=f"grid YAML file, or a bundled config's name ({', '.join(configs.names())})",
+    )
     run.add_argument("--out", help="experiment dir (default runs/<experiment>)")
     _add_common(run)
     run.set_defaults(func=run_command)
@@ -137,7 +144,7 @@ def _task_overrides(args: argparse.Namespace, base: dict[str, Any]) -> dict[str,
     return out
 
 
-def _result_row(result: Any) -> dict[str, Any]:
+def _result_row(result: RunResult) -> dict[str, Any]:
     row = dataclasses.asdict(result)
     row["run_dir"] = str(row["run_dir"])
     if isinstance(row["best_val_loss"], float) and not math.isfinite(row["best_val_loss"]):
@@ -145,7 +152,7 @@ def _result_row(result: Any) -> dict[str, Any]:
     return row
 
 
-def _print_results(results: list[Any], as_json: bool) -> None:
+def _print_results(results: list[RunResult], as_json: bool) -> None:
     rows = [_result_row(r) for r in results]
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -161,20 +168,31 @@ def _print_results(results: list[Any], as_json: bool) -> None:
         )
 
 
+def write_metrics_after(result: RunResult) -> None:
+    """metrics.json of a finished run that has none yet (training clears it when it starts)."""
+    from qcxr.evaluate.metrics import write_metrics
+    from qcxr.train import parallel
+
+    path = Path(result.run_dir) / rundir.METRICS
+    if result.status != "finished" or path.is_file() or not parallel.is_main_process():
+        return
+    try:
+        write_metrics(result.run_dir)
+    except Exception as err:  # metrics are recomputable with `qcxr evaluate`; training is not
+        print(f"warning: {result.run_dir}: metrics not written: {err}", file=sys.stderr)
+
+
 def train_command(args: argparse.Namespace) -> int:
     from qcxr import config as config_lib
-    from qcxr.train.grid import _merge, read_grid
+    from qcxr.train.grid import read_grid
     from qcxr.train.loop import train_run
 
     base = read_grid(args.config).base if args.config else {}
-    overrides = _merge(_overrides(args, TRAIN_FLAGS), _task_overrides(args, base))
-    config = config_lib.from_dict(_merge(base, overrides))
-    run_dir = (
-        Path(args.run_dir)
-        if args.run_dir
-        else Path(args.out) / config.task / config.model.head / f"seed-{config.train.seed}"
-    )
+    overrides = merge(_overrides(args, TRAIN_FLAGS), _task_overrides(args, base))
+    config = config_lib.from_dict(merge(base, overrides))
+    run_dir = Path(args.run_dir) if args.run_dir else rundir.config_run_path(args.out, config)
     result = train_run(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    write_metrics_after(result)
     _print_results([result], args.json)
     return 0 if result.status == "finished" else 1
 
@@ -184,7 +202,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     flags = {k: TRAIN_FLAGS[k] for k in ("study", "features", "cache")}
     results = run_grid(
-        args.config, args.out, overrides=_overrides(args, flags), progress=not args.no_progress
+        args.config,
+        args.out,
+        overrides=_overrides(args, flags),
+        progress=not args.no_progress,
+        after_run=write_metrics_after,
     )
     _print_results(results, args.json)
     return 0 if all(r.status == "finished" for r in results) else 1

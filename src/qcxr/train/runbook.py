@@ -1,0 +1,186 @@
+"""What one run records while it trains: position, early stopping, history, checkpoints, status.
+
+The files themselves and their names belong to qcxr.rundir; this module decides when each is
+written. A run is finished exactly when status.json says so, and status.json is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcxr import rundir
+from qcxr.config import Config
+from qcxr.rundir import RunResult
+from qcxr.train import parallel
+from qcxr.train.checkpoint import RunCheckpoints
+from qcxr.train.early_stopping import EarlyStopping
+from qcxr.train.history import History
+from qcxr.train.predictions import write_predictions
+from qcxr.train.state import TrainState, variables_of
+
+# on_batch(config, epoch, position, ids, augmentation) is called after every train step; tests use
+# it to see what each run was fed. `augmentation` is the batch's augmentation key (finetune) or
+# the chosen feature views (frozen, None for single-view stores).
+BatchHook = Callable[[Config, int, int, list[str], Any], None]
+
+# {testset: (ids, probabilities, labels, label names)} of one model
+TestPredictions = dict[str, tuple[list[str], np.ndarray, np.ndarray, list[str]]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A train or validation loss was NaN or infinite; the run stopped, checkpoints kept."""
+
+
+class RunBook:
+    """Everything one run records: position, early stopping, history, checkpoints, status."""
+
+    last_train_loss = math.nan
+
+    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool, steps_per_epoch: int):
+        self.config = config
+        self.seed = config.train.seed
+        self.run_dir = Path(run_dir)
+        self.steps_per_epoch = steps_per_epoch
+        self.checkpoints_every = config.train.checkpoint_every
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = RunCheckpoints(self.run_dir)
+        meta = self.checkpoints.latest_meta()
+        if meta is not None and not resume:
+            raise ValueError(
+                f"{self.run_dir}: holds checkpoints of an earlier run; pass --resume to continue "
+                "it, or choose another --out"
+            )
+        rundir.write_config(self.run_dir, config, resume)
+        self.history = History(self.run_dir / rundir.HISTORY)
+        self.stopping = EarlyStopping(config.train.patience, config.train.max_epochs)
+        self.epoch, self.position, self.step = 0, 0, 0
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.resumed = meta is not None
+        if meta is not None:
+            self._continue_from(meta)
+        self.history.start(self.step if self.resumed else None)
+        self.checkpoints.empty_trash()
+        rundir.clear_results(self.run_dir)
+
+    def _continue_from(self, meta: dict[str, Any]) -> None:
+        self.epoch, self.position, self.step = meta["epoch"], meta["position"], meta["step"]
+        self.loss_sum, self.loss_count = meta["loss_sum"], meta["loss_count"]
+        saved = EarlyStopping.from_dict(meta["early_stopping"])
+        t = self.config.train
+        self.stopping = dataclasses.replace(saved, patience=t.patience, max_epochs=t.max_epochs)
+
+    @property
+    def training_done(self) -> bool:
+        return self.stopping.stop_reason is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.task}/{self.config.model.head} seed {self.seed}"
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "step": self.step,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "early_stopping": self.stopping.to_dict(),
+            "stop_reason": self.stopping.stop_reason,
+            "seed": self.seed,
+        }
+
+    def record_step(self, value: float) -> None:
+        if not math.isfinite(value):
+            self.fail(
+                f"train loss is {value} at epoch {self.epoch + 1}, batch position "
+                f"{self.position} (step {self.step + 1})"
+            )
+        self.step += 1
+        self.position += 1
+        self.loss_sum += value
+        self.loss_count += 1
+        self.history.step(self.epoch + 1, self.step, value)
+
+    def checkpoint_due(self, start: int, end: int) -> bool:
+        """Whether batches [start, end) of this epoch crossed a mid-epoch checkpoint point."""
+        every = self.checkpoints_every
+        return bool(every) and end < self.steps_per_epoch and start // every != end // every
+
+    def save_latest(self, state: TrainState) -> None:
+        self.history.flush()  # rows first: a resume cuts rows beyond the checkpoint's step
+        self.checkpoints.save_latest(self.step, state, self.meta())
+
+    def end_epoch(self, val_loss: float, epoch_time: float, state: TrainState) -> str | None:
+        """Record the epoch, keep the best, checkpoint; the stop reason or None."""
+        if not math.isfinite(val_loss):
+            self.fail(f"validation loss is {val_loss} after epoch {self.epoch + 1}")
+        train_loss = self.loss_sum / max(self.loss_count, 1)
+        self.last_train_loss = train_loss
+        self.stopping, improved = self.stopping.update(val_loss)
+        self.history.epoch(self.epoch + 1, self.step, train_loss, val_loss, epoch_time)
+        if improved:
+            best = {"epoch": self.epoch + 1, "step": self.step, "val_loss": val_loss}
+            self.checkpoints.save_best(self.step, variables_of(state), best)
+        self.epoch, self.position = self.epoch + 1, 0
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.save_latest(state)
+        return self.stopping.stop_reason
+
+    def log_epoch(self, val_loss: float, epoch_time: float) -> None:
+        print(
+            f"{self.label} epoch {self.epoch}/{self.config.train.max_epochs} "
+            f"train {self.last_train_loss:.4f} "
+            f"val {val_loss:.4f} best {self.stopping.best_loss:.4f} (epoch "
+            f"{self.stopping.best_epoch}) {epoch_time:.1f}s",
+            flush=True,
+        )
+
+    def fail(self, message: str) -> None:
+        self.history.flush()
+        latest = self.checkpoints.latest_meta()
+        kept = f"latest at step {latest['step']}" if latest else "none yet"
+        full = (
+            f"{self.run_dir}: {message}; run stopped. Last good checkpoints kept in "
+            f"{self.checkpoints.directory} ({kept}). Try a lower train.learning_rate."
+        )
+        self.write_status({"status": "failed", "reason": "non-finite loss", "message": full})
+        raise NonFiniteLossError(full)
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        if parallel.is_main_process():
+            rundir.write_status(self.run_dir, status)
+
+    def result(self) -> RunResult:
+        s = self.stopping
+        return RunResult(
+            self.run_dir, "finished", s.stop_reason or "", s.best_epoch, s.best_loss, s.epochs_done
+        )
+
+    def finish(self, tests: TestPredictions, counts: dict[str, float]) -> RunResult:
+        """Predictions of the best checkpoint, train counts, then status.json (the 'done' mark)."""
+        if parallel.is_main_process():
+            for name, (ids, probs, labels, names) in tests.items():
+                write_predictions(
+                    rundir.predictions_path(self.run_dir, name), ids, probs, labels, names
+                )
+            rundir.write_train_counts(self.run_dir, counts)
+        result = self.result()
+        self.write_status(
+            {
+                "status": "finished",
+                "reason": result.reason,
+                "best_epoch": result.best_epoch,
+                "best_val_loss": result.best_val_loss,
+                "epochs": result.epochs,
+                "steps": self.step,
+            }
+        )
+        self.checkpoints.empty_trash()
+        self.checkpoints.close()
+        return result
