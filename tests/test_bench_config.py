@@ -42,6 +42,16 @@ def parsed(add_arguments, argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def test_a_grid_file_or_bundled_name_is_a_config_too(tmp_path):
+    """configs/paper.yaml is a grid file (experiment:, grid:); its base settings count."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("experiment: g\ngrid:\n  model.head: [cdl, dqc]\n" + YAML)
+    plan = table3.plan_of(parsed(table3.add_arguments, ["--config", str(grid)]))
+    assert (plan.batch, plan.warmup, plan.steps, plan.batches_per_epoch) == (4, 2, 3, 100)
+    plan = table3.plan_of(parsed(table3.add_arguments, ["--config", "paper"]))
+    assert (plan.batch, plan.warmup, plan.steps, plan.batches_per_epoch) == (32, 10, 30, 2454)
+
+
 def test_table3_config_sets_the_plan_and_options_override_it(yaml_config):
     plan = table3.plan_of(parsed(table3.add_arguments, ["--config", str(yaml_config)]))
     assert (plan.batch, plan.warmup, plan.steps, plan.batches_per_epoch) == (4, 2, 3, 100)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TypeVar
 
 from qcxr.config import Config
@@ -32,20 +31,21 @@ def add_config_argument(parser: argparse.ArgumentParser, settings: str) -> None:
     """--config YAML, whose `settings` give the defaults of the options left unset."""
     parser.add_argument(
         "--config",
-        type=Path,
         default=None,
         metavar="YAML",
-        help=f"experiment config whose {settings} give the defaults of the options left unset; "
-        "default: the paper's (qcxr.config)",
+        help=f"config or grid file (or a bundled config's name, e.g. paper) whose {settings} "
+        "give the defaults of the options left unset; default: the paper's (qcxr.config)",
     )
 
 
 def config_of(args: argparse.Namespace) -> Config:
-    """The config named by --config, else the paper's defaults."""
-    from qcxr.config import load
+    """The config named by --config (a config or grid file, or a bundled config's name such as
+    "paper"; a grid's axes are ignored), else the paper's defaults."""
+    from qcxr.config import from_dict
+    from qcxr.train.grid import read_grid
 
     path = getattr(args, "config", None)
-    return load(path) if path is not None else Config()
+    return from_dict(read_grid(path).base) if path is not None else Config()
 
 
 def given(value: T | None, default: T) -> T:
