@@ -37,7 +37,10 @@ def test_flat_and_changed_settings():
     "key, values",
     [("model.head", config_lib.HEADS), ("train.mode", config_lib.MODES),
      ("model.backbone", config_lib.BACKBONES), ("data.source", config_lib.SOURCES),
-     ("train.vmap_seeds", config_lib.VMAP_SEEDS)],
+     ("train.vmap_seeds", config_lib.VMAP_SEEDS), ("model.entangler", config_lib.ENTANGLERS),
+     ("model.backend", config_lib.BACKENDS), ("train.loss", config_lib.LOSSES),
+     ("train.schedule", config_lib.SCHEDULES), ("train.optimizer", config_lib.OPTIMIZERS),
+     ("data.resample", config_lib.RESAMPLES)],
 )  # fmt: skip
 def test_choice_constants_hold_the_defaults(key, values):
     section, name = key.split(".")

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from qcxr.data.cache import ImageCache, decode_entry
+from qcxr.data.cache import ImageCache
+from qcxr.data.cache_entry import decode_entry
 from qcxr.data.preprocess import BadImageError, preprocess
 from qcxr.labels import TASKS
 

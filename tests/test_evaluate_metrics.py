@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from qcxr.config import EvalConfig
 from qcxr.evaluate import metrics as M
+from qcxr.evaluate.predictions import read_predictions
 
 
 def _scores(rng, y, ties=False):
@@ -114,12 +115,12 @@ def test_bad_predictions_name_the_problem(tmp_path):
         M.write_metrics(tmp_path)
     pd.DataFrame({"id": ["a"], "p:Mass": [0.2]}).to_parquet(tmp_path / "predictions-x.parquet")
     with pytest.raises(ValueError, match="y:Mass"):
-        M.read_predictions(tmp_path / "predictions-x.parquet")
+        read_predictions(tmp_path / "predictions-x.parquet")
     pd.DataFrame({"id": ["a"], "p:Mass": [0.2], "y:Mass": [2.0]}).to_parquet(
         tmp_path / "p2.parquet"
     )
     with pytest.raises(ValueError, match="0, 1 or NaN"):
-        M.read_predictions(tmp_path / "p2.parquet")
+        read_predictions(tmp_path / "p2.parquet")
 
 
 def test_train_counts_from_csv(tmp_path):

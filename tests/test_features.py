@@ -237,3 +237,26 @@ def test_cli_writes_every_image_of_a_split_and_warns_of_random_weights(tmp_path,
     assert store.weights == "random(seed=1)" and store.meta["split"] == "val"
     assert main(argv) == 0  # a finished store is reused, not recomputed
     assert json.loads(capsys.readouterr().out)["status"] == "up to date"
+
+
+def test_extraction_stamps_a_content_checksum_that_every_load_checks(tmp_path, tiny):
+    """features_sha256 covers ids and rows: rows shifted by one, or one row edited, after
+    extraction make the store unreadable, naming the file and the field."""
+    from qcxr.features import CHECKSUM, content_checksum
+
+    model, variables = tiny
+    out = tmp_path / "f.safetensors"
+    store = extract_features(
+        batches_of(IDS, make_images(7), 3), variables, out, weights="w", model=model,
+        progress=False,
+    )  # fmt: skip
+    assert store.verified and store.meta[CHECKSUM] == content_checksum(IDS, store.features)
+    assert load_feature_store(out).verified
+    for edited in (np.roll(store.features, 1, axis=0), store.features + np.float32(1e-3)):
+        save_feature_store(out, FeatureStore(IDS, edited, store.meta))
+        with pytest.raises(ValueError, match=rf"f\.safetensors: field {CHECKSUM} does not match"):
+            load_feature_store(out)
+    assert content_checksum(IDS[::-1], store.features) != store.meta[CHECKSUM]
+    # A store without the field (written before it was recorded) loads, as unverified.
+    save_feature_store(out, FeatureStore(IDS, store.features, {"weights": "w"}))
+    assert not load_feature_store(out).verified

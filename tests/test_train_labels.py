@@ -147,7 +147,8 @@ def e2e(tmp_path: Path, task_argv: list[str], synth_argv: list[str]) -> list[flo
                      "--no-progress"]) == 0  # fmt: skip
     runs = tmp_path / "runs"
     argv = train_argv(study, features, runs, *task_argv, "--epochs", "3", "--backend", "auto")
-    assert main([*argv, "--set", "train.standardize_features=true", "--lr", "0.003"]) == 0
+    sizes = ["--set", "data.crop=32", "--set", "data.resize_shortest=37"]  # the cache's
+    assert main([*argv, *sizes, "--set", "train.standardize_features=true", "--lr", "0.003"]) == 0
     (run,) = runs.glob("*/dqc/seed-0")
     resolved = json.loads((run / "versions.json").read_text())["resolved"]
     n = len(pd.read_parquet(run / "predictions-mimic.parquet").filter(like="p:").columns)

@@ -3,17 +3,7 @@ that was never interrupted: same history (all but wall times), same parameters."
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import jax
-import numpy as np
-import pandas as pd
 import pytest
 
 from qcxr.rundir import read_status as run_status
@@ -21,67 +11,14 @@ from qcxr.train.checkpoint import RunCheckpoints
 from qcxr.train.finetune import train_finetune
 from qcxr.train.frozen import train_frozen
 from test_train_support import (
-    TESTS,
     _with_seed,
+    assert_same_run,
     config,
     finetune_config,
     frozen_data,
-    history_without_time,
+    killed_child,
     small_study,
 )
-
-
-def killed_child(spec: dict, tmp_path: Path) -> dict:
-    """Start the child, wait for it to reach spec["kill_at"], SIGKILL it."""
-    spec = {**spec, "marker": str(tmp_path / "marker.json")}
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    proc = subprocess.Popen(
-        [sys.executable, str(TESTS / "test_train_support.py"), "child", json.dumps(spec)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    try:
-        while not Path(spec["marker"]).exists():
-            if proc.poll() is not None:
-                pytest.fail(f"child ended before the kill point: {proc.stderr.read()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("child never reached the kill point")
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    return spec
-
-
-def assert_same_run(resumed: Path, reference: Path) -> None:
-    pd.testing.assert_frame_equal(history_without_time(resumed), history_without_time(reference))
-    for kind in ("latest", "best"):
-        a, b = RunCheckpoints(resumed), RunCheckpoints(reference)
-        tree_a = a.restore_best()[0] if kind == "best" else _latest_tree(a)
-        tree_b = b.restore_best()[0] if kind == "best" else _latest_tree(b)
-        assert jax.tree.structure(tree_a) == jax.tree.structure(tree_b)
-        for x, y in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(resumed / "predictions-nih.parquet"),
-        pd.read_parquet(reference / "predictions-nih.parquet"),
-    )
-    assert run_status(resumed)["status"] == "finished"
-
-
-def _latest_tree(checkpoints: RunCheckpoints):
-    import orbax.checkpoint as ocp
-
-    manager = checkpoints._latest
-    return manager.restore(
-        manager.latest_step(), args=ocp.args.Composite(tree=ocp.args.StandardRestore())
-    )["tree"]
 
 
 def test_frozen_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):

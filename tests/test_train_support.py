@@ -98,6 +98,72 @@ def finetune_config(study: Path, cache: Path, **sections):
     return from_dict(merge(base, sections))
 
 
+def killed_child(spec: dict, tmp_path: Path) -> dict:
+    """Start the child, wait for it to reach spec["kill_at"], SIGKILL it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import pytest
+
+    spec = {**spec, "marker": str(tmp_path / "marker.json")}
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(
+        [sys.executable, str(TESTS / "test_train_support.py"), "child", json.dumps(spec)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not Path(spec["marker"]).exists():
+            if proc.poll() is not None:
+                pytest.fail(f"child ended before the kill point: {proc.stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("child never reached the kill point")
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    return spec
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    import jax
+
+    from qcxr.rundir import read_status as run_status
+    from qcxr.train.checkpoint import RunCheckpoints
+
+    pd.testing.assert_frame_equal(history_without_time(resumed), history_without_time(reference))
+    for kind in ("latest", "best"):
+        a, b = RunCheckpoints(resumed), RunCheckpoints(reference)
+        tree_a = a.restore_best()[0] if kind == "best" else _latest_tree(a)
+        tree_b = b.restore_best()[0] if kind == "best" else _latest_tree(b)
+        assert jax.tree.structure(tree_a) == jax.tree.structure(tree_b)
+        for x, y in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(resumed / "predictions-nih.parquet"),
+        pd.read_parquet(reference / "predictions-nih.parquet"),
+    )
+    assert run_status(resumed)["status"] == "finished"
+
+
+def _latest_tree(checkpoints):
+    import orbax.checkpoint as ocp
+
+    manager = checkpoints._latest
+    return manager.restore(
+        manager.latest_step(), args=ocp.args.Composite(tree=ocp.args.StandardRestore())
+    )["tree"]
+
+
 def child(spec: dict) -> None:
     """Run in a subprocess: train as `spec` says; at `kill_at` (epoch, position) write the
     marker file and block, so the parent can kill this process at a known point."""
@@ -108,6 +174,8 @@ def child(spec: dict) -> None:
     from qcxr.train.frozen import train_frozen
 
     kill_at = tuple(spec["kill_at"]) if spec.get("kill_at") else None
+    if spec.get("kill_after_best") is not None:
+        stop_after_best_save(spec["kill_after_best"], Path(spec["marker"]))
 
     def hook(cfg, epoch, position, ids, aug):
         if kill_at and (epoch, position) == kill_at and cfg.train.seed == spec["seeds"][0]:
@@ -122,6 +190,25 @@ def child(spec: dict) -> None:
     else:
         cfg = finetune_config(Path(spec["study"]), Path(spec["cache"]), **spec["sections"])
         train_finetune(cfg, Path(spec["out"]) / "seed-0", progress=False, on_batch=hook)
+
+
+def stop_after_best_save(epoch: int, marker: Path) -> None:
+    """Block (to be killed) right after the best checkpoint of epoch `epoch` (1-based) is saved,
+    before the latest checkpoint of the same epoch end."""
+    import json
+    import time
+
+    from qcxr.train.checkpoint import RunCheckpoints
+
+    save_best = RunCheckpoints.save_best
+
+    def saved_then_blocked(self, step, variables, meta):
+        save_best(self, step, variables, meta)
+        if meta["epoch"] == epoch:
+            marker.write_text(json.dumps(meta))
+            time.sleep(600)
+
+    RunCheckpoints.save_best = saved_then_blocked
 
 
 def _with_seed(cfg, seed: int):

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from qcxr.labels import Task
+from qcxr.rundir import RunError
 
 # Order is the order of `qcxr --help`.
 SUBSYSTEMS = (
@@ -97,7 +98,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> 
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RunError) as err:
         print(f"qcxr {args.command}: error: {err}", file=sys.stderr)
         return 1
 

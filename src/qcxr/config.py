@@ -1,37 +1,121 @@
 """Typed experiment configuration. Every paper default is written here once, with its source.
 
 A run's config is a `Config`; YAML files in `configs/` override any field by its dotted path.
+
+Every setting is checked when a config is built (`from_dict`, `load`): its type, its range or
+its choices (written once, in the field's type: `Annotated[int, Rule(ge=1)]`, a `Literal`) and
+the rules between settings (qcxr.config_check: `AT_MOST`, `DISTINCT`, the task). pydantic does
+the checking and is imported only then, so importing this module stays light (the standard
+library and qcxr.labels: benchmark workers import it under other interpreters). Every problem
+is reported at once, one line each, naming the dotted key, the value given and what is allowed
+(`ConfigError`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from qcxr.labels import Task, resolve_task
 
-# The values some settings take; CLI choices and checks read them from here.
-HEADS = ("cdl", "dqc")  # model.head
-MODES = ("finetune", "frozen")  # train.mode
-BACKBONES = ("resnet50", "tiny")  # model.backbone
-SOURCES = ("auto", "nih", "mimic")  # data.source
-VMAP_SEEDS = ("auto", "yes", "no")  # train.vmap_seeds
+# The values of choice settings; CLI choices and checks read them from here. Those of settings
+# that another module implements are written here too, so that checking a config never imports
+# that module (jax); tests hold them equal to the implementing module's.
+Head = Literal["cdl", "dqc"]
+Mode = Literal["finetune", "frozen"]
+Backbone = Literal["resnet50", "tiny"]
+Source = Literal["auto", "nih", "mimic"]
+VmapSeeds = Literal["auto", "yes", "no"]  # also true/false, as YAML 1.1 reads yes/no
+Entangler = Literal["ring", "chain", "none"]  # qcxr.quantum.ansatz.ENTANGLERS
+Backend = Literal["auto", "statevector", "mps", "pennylane"]  # qcxr.quantum.BACKENDS
+Loss = Literal["bce", "weighted_bce", "focal", "asl"]  # qcxr.train.losses.LOSSES
+Schedule = Literal["constant", "cosine", "warmup_cosine"]  # qcxr.train.state.SCHEDULES
+Optimizer = Literal["adam", "adamw", "sgd"]  # qcxr.train.state.OPTIMIZERS
+Resample = Literal["bicubic", "bilinear"]  # what qcxr.data.preprocess resizes with
+
+HEADS: tuple[str, ...] = typing.get_args(Head)  # model.head
+MODES: tuple[str, ...] = typing.get_args(Mode)  # train.mode
+BACKBONES: tuple[str, ...] = typing.get_args(Backbone)  # model.backbone
+SOURCES: tuple[str, ...] = typing.get_args(Source)  # data.source
+VMAP_SEEDS: tuple[str, ...] = typing.get_args(VmapSeeds)  # train.vmap_seeds
+ENTANGLERS: tuple[str, ...] = typing.get_args(Entangler)  # model.entangler
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)  # model.backend
+LOSSES: tuple[str, ...] = typing.get_args(Loss)  # train.loss
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)  # train.schedule
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)  # train.optimizer
+RESAMPLES: tuple[str, ...] = typing.get_args(Resample)  # data.resample
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting accepts beyond its type: bounds (ge >=, gt >, le <=, lt <) and, for a
+    list, its least length. pydantic reads it when a config is checked.
+
+    Every value is taken as written: an integer setting takes no "32", no true and no 2.0, a
+    bool takes only true or false. A number setting takes an integer, and a string that is a
+    finite number: YAML 1.1 reads 1e-4 (no dot) as a string.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_length: int | None = None
+
+    def constraints(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        schema = {**handler(source), **self.constraints()}
+        if schema["type"] in ("int", "float", "bool", "str"):
+            schema["strict"] = True
+        if schema["type"] != "float":
+            return schema
+        from pydantic_core import core_schema
+
+        schema["allow_inf_nan"] = False
+        return core_schema.no_info_before_validator_function(_number_from_text, schema)
+
+
+def _number_from_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value  # the float check names what is wrong
+
+
+Bool = Annotated[bool, Rule()]
+Real = Annotated[float, Rule()]
+AtLeast0 = Annotated[int, Rule(ge=0)]
+AtLeast1 = Annotated[int, Rule(ge=1)]
+Positive = Annotated[float, Rule(gt=0)]
+NonNegative = Annotated[float, Rule(ge=0)]
+Probability = Annotated[float, Rule(ge=0, le=1)]
+
+# Read by pydantic (a plain dict, so that pydantic need not be imported): a key that is not a
+# field is an error.
+_STRICT_KEYS = {"extra": "forbid"}
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    resize_shortest: int = 256  # Sec. III-F: resize to 256 on the shortest side
-    crop: int = 224  # Sec. III-F: center-crop 224x224
-    resample: str = "bicubic"  # microsoft/resnet-50 preprocessor_config: resample=3 (BICUBIC)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # Sec. III-F: ImageNet statistics
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    hflip_prob: float = 0.5  # Sec. III-F: random horizontal flip p = 0.5
-    rotate_degrees: float = 15.0  # Sec. III-F: random rotation +-15 degrees
-    loader_threads: int = 4  # Sec. III-F: 4 CPU threads per model
-    prefetch: int = 2
+    __pydantic_config__ = _STRICT_KEYS
+
+    resize_shortest: AtLeast1 = 256  # Sec. III-F: resize to 256 on the shortest side
+    crop: AtLeast1 = 224  # Sec. III-F: center-crop 224x224 (at most resize_shortest)
+    resample: Resample = "bicubic"  # microsoft/resnet-50 preprocessor_config: resample=3 (BICUBIC)
+    mean: tuple[Real, Real, Real] = (0.485, 0.456, 0.406)  # Sec. III-F: ImageNet statistics
+    std: tuple[Positive, Positive, Positive] = (0.229, 0.224, 0.225)
+    hflip_prob: Probability = 0.5  # Sec. III-F: random horizontal flip p = 0.5
+    rotate_degrees: Annotated[float, Rule(ge=0, le=180)] = 15.0  # Sec. III-F: +-15 degrees
+    loader_threads: AtLeast1 = 4  # Sec. III-F: 4 CPU threads per model
+    prefetch: AtLeast0 = 2  # batches read ahead (0 = none)
     # Where a run reads its data (beyond the paper; recorded so a run dir is self-contained).
     study: str = ""  # study root: nih/ label CSVs + images, mimic/ (qcxr.data.datasets.StudyPaths)
     features: str = ""  # frozen mode: dir with {train,val,test,mimic}.safetensors feature stores
@@ -39,70 +123,94 @@ class DataConfig:
     # Which files train and val come from (beyond the paper, which trains on NIH-CXR-LT):
     # "nih" (nih/ label files), "mimic" (the study's CXR-LT 2023 MIMIC train/val files, for
     # labels NIH lacks) or "auto": nih when its files carry every task label, else mimic.
-    source: str = "auto"
+    source: Source = "auto"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    head: str = "cdl"  # Sec. III-C: "cdl" (classical) or "dqc" (dressed quantum circuit)
-    num_layers: int = 3  # Sec. III-C.2: 3 variational layers
-    entangler: str = "ring"  # Sec. III-C.2, Fig. 2: CNOT ring
+    __pydantic_config__ = _STRICT_KEYS
+
+    head: Head = "cdl"  # Sec. III-C: "cdl" (classical) or "dqc" (dressed quantum circuit)
+    num_layers: AtLeast1 = 3  # Sec. III-C.2: 3 variational layers
+    entangler: Entangler = "ring"  # Sec. III-C.2, Fig. 2: CNOT ring
     # Beyond the paper: "auto" picks "statevector" or "mps" by cost for the run's n, layers and
     # entangler (qcxr.quantum.choose_backend, quantum/__init__.py); "pennylane" = the paper's
     # simulator. A run records what "auto" became in versions.json ("resolved").
-    backend: str = "auto"
+    backend: Backend = "auto"
     weights: str = "microsoft/resnet-50"  # Sec. III-C: ImageNet ResNet50 from Hugging Face
     # "random" = init_resnet50_variables(seed), an explicit choice for tests and demos
-    backbone: str = "resnet50"  # Sec. III-C; "tiny" = a small CNN for tests (same finetune path)
+    # Sec. III-C; "tiny" = a small CNN for tests (same finetune path)
+    backbone: Backbone = "resnet50"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    mode: str = "finetune"  # Sec. III-F trains end to end; "frozen" is this project's fast path
-    batch_size: int = 32  # Sec. III-F
-    learning_rate: float = 1e-4  # Sec. III-F: Adam, learning rate 1e-4
-    optimizer: str = "adam"  # Sec. III-F
-    schedule: str = "constant"  # Sec. III-F: no schedule is mentioned
-    loss: str = "bce"  # Sec. III-F: mean binary cross-entropy over labels
-    max_epochs: int = 50  # Sec. III-F
-    patience: int = 5  # Sec. III-F: early stopping after 5 epochs without improvement
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # Sec. III-F: 5 random seeds
-    seed: int = 0  # the run's root seed (one of `seeds`), split by purpose (Sec. III-F)
+    __pydantic_config__ = _STRICT_KEYS
+
+    mode: Mode = "finetune"  # Sec. III-F trains end to end; "frozen" is this project's fast path
+    batch_size: AtLeast1 = 32  # Sec. III-F
+    learning_rate: Positive = 1e-4  # Sec. III-F: Adam, learning rate 1e-4
+    optimizer: Optimizer = "adam"  # Sec. III-F
+    schedule: Schedule = "constant"  # Sec. III-F: no schedule is mentioned
+    loss: Loss = "bce"  # Sec. III-F: mean binary cross-entropy over labels
+    max_epochs: AtLeast1 = 50  # Sec. III-F
+    # Sec. III-F: early stopping after 5 epochs without improvement. At least 1: with 0 every
+    # run would stop after its first epoch (train/early_stopping.py); patience >= max_epochs
+    # turns early stopping off.
+    patience: AtLeast1 = 5
+    # Sec. III-F: 5 random seeds (numpy generators take no negative seed)
+    seeds: Annotated[tuple[AtLeast0, ...], Rule(min_length=1)] = (0, 1, 2, 3, 4)
+    seed: AtLeast0 = 0  # the run's root seed (one of `seeds`), split by purpose (Sec. III-F)
     # Beyond the paper: resumability, evaluation batch, loss and schedule options.
-    checkpoint_every: int = 500  # steps between mid-epoch "latest" checkpoints (0 = epoch ends)
-    eval_batch_size: int = 256
-    warmup_steps: int = 0  # for schedule "warmup_cosine"
-    focal_gamma: float = 2.0  # loss "focal" (LongTailCXR: gamma = 2)
-    asl_gamma_pos: float = 1.0  # loss "asl" (CheXFusion lineage: gamma+ = 1, gamma- = 4)
-    asl_gamma_neg: float = 4.0
-    asl_clip: float = 0.05
+    checkpoint_every: AtLeast0 = 500  # steps between mid-epoch "latest" saves (0 = epoch ends)
+    eval_batch_size: AtLeast1 = 256
+    warmup_steps: AtLeast0 = 0  # for schedule "warmup_cosine"
+    focal_gamma: NonNegative = 2.0  # loss "focal" (LongTailCXR: gamma = 2)
+    asl_gamma_pos: NonNegative = 1.0  # loss "asl" (CheXFusion lineage: gamma+ = 1, gamma- = 4)
+    asl_gamma_neg: NonNegative = 4.0
+    asl_clip: Annotated[float, Rule(ge=0, lt=1)] = 0.05
     # Frozen mode: train the seeds of one grid cell together with vmap. "auto" = on GPU/TPU;
     # on CPU one seed at a time measured as fast or faster (benchmarks/train_frozen_epoch.md).
-    vmap_seeds: str = "auto"  # "auto", "yes", "no"
+    # "auto", "yes", "no"; true and false (YAML 1.1 reads yes and no so) and their strings too.
+    vmap_seeds: VmapSeeds | Literal["true", "false"] | Bool = "auto"
     # Frozen mode: z-score every feature with the training split's mean and std (saved in the
     # run as feature_norm.safetensors). Off for the paper; on in the demo, whose random-weight
     # backbone gives pooled features of large offset that saturate the DQC's tanh.
-    standardize_features: bool = False
+    standardize_features: Bool = False
+    # Beyond the paper: each kind of checkpoint (latest, best) keeps this many newest steps, so
+    # a broken newest one (a truncated file) falls back to the one before it (train/checkpoint).
+    keep_checkpoints: AtLeast1 = 2
+    # Frozen mode: the study's external test set must have its feature store; false trains
+    # without it, with a note (train/data.load_frozen_data).
+    require_external_test: Bool = True
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    alpha: float = 0.05  # Sec. III-G: significance at p < 0.05
-    head_min_count: int = 1000  # long-tail convention (not in the paper): head > 1000 train images
-    tail_max_count: int = 100  # tail < 100 train images; medium in between
-    bootstrap: int = 1000
-    f1_threshold: float = 0.5
+    __pydantic_config__ = _STRICT_KEYS
+
+    alpha: Annotated[float, Rule(gt=0, lt=1)] = 0.05  # Sec. III-G: significance at p < 0.05
+    # long-tail convention (not in the paper): head > 1000 train images, tail < 100, medium in
+    # between (tail_max_count at most head_min_count)
+    head_min_count: AtLeast0 = 1000
+    tail_max_count: AtLeast0 = 100
+    bootstrap: AtLeast0 = 1000  # resamples of the report's intervals (0 = no intervals)
+    f1_threshold: Probability = 0.5
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    warmup: int = 10  # Sec. III-E: 10 warm-up steps
-    steps: int = 30  # Sec. III-E: 30 timed steps
-    batches_per_epoch: int = 2454  # Sec. IV-A: minutes per epoch extrapolated over 2,454 batches
+    __pydantic_config__ = _STRICT_KEYS
+
+    warmup: AtLeast1 = 10  # Sec. III-E: 10 warm-up steps (at least 1: the first compiles)
+    steps: AtLeast1 = 30  # Sec. III-E: 30 timed steps
+    batches_per_epoch: AtLeast1 = 2454  # Sec. IV-A: minutes per epoch over 2,454 batches
 
 
 @dataclass(frozen=True)
 class Config:
+    __pydantic_config__ = _STRICT_KEYS
+
     task: str = "cxr8"  # Sec. III-B: cxr8, cxr14, cxr19; beyond: nih20, cxr26 (qcxr.labels)
     # Beyond the paper: an explicit label list (label i = qubit i), named by `task`.
     labels: tuple[str, ...] = ()
@@ -113,43 +221,35 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
-def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
-    """A copy of dataclass `obj` with `updates` applied recursively; unknown keys are errors."""
-    known = {f.name: f for f in dataclasses.fields(obj)}
-    changes = {}
-    for key, value in updates.items():
-        if key not in known:
-            raise ValueError(f"{where}: unknown config key {key!r}; known: {sorted(known)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"{where}.{key}: expected a mapping, got {value!r}")
-            changes[key] = _override(current, value, f"{where}.{key}")
-        elif isinstance(current, tuple) and isinstance(value, list):
-            changes[key] = tuple(value)
-        elif (
-            isinstance(current, float)
-            and isinstance(value, int | str)
-            and not isinstance(value, bool)
-        ):
-            # YAML 1.1 reads "1e-4" (no dot) as a string; a float field takes it as a number.
-            try:
-                changes[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{where}.{key}: expected a number, got {value!r}") from None
-        else:
-            changes[key] = value
-    return dataclasses.replace(obj, **changes)
+class ConfigError(ValueError):
+    """Every problem of a config: "<where>: <problem>", or "<where>: N problems:" and one
+    indented line per problem. Each problem names the dotted key, the value and what is allowed."""
+
+    def __init__(self, problems: list[str], where: str = "config"):
+        self.problems, self.where = list(problems), where
+        super().__init__(_message(self.problems, where))
 
 
-def from_dict(updates: dict[str, Any], base: Config | None = None) -> Config:
+def _message(problems: list[str], where: str) -> str:
+    """The message of a `ConfigError`."""
+    if len(problems) == 1:
+        return f"{where}: {problems[0]}"
+    return f"{where}: {len(problems)} problems:" + "".join(f"\n  {p}" for p in problems)
+
+
+def from_dict(updates: Mapping[str, Any], base: Config | None = None) -> Config:
     """A `Config` from nested mappings (as read from YAML) over `base` (default: the paper's).
 
-    The task is checked here: a built-in label set name, or a name with an explicit `labels`
-    list (no duplicates); errors say which.
+    Every setting is checked, and the task (a built-in label set name, or a name with an
+    explicit `labels` list without duplicates); a `ConfigError` lists every problem.
     """
-    config = _override(base or Config(), updates, "config")
-    task_of(config)
+    data = merge(dataclasses.asdict(base or Config()), updates)
+    from qcxr.config_check import checked  # pydantic: only when a config is built
+
+    config, problems = checked(data)
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
     return config
 
 
@@ -168,6 +268,8 @@ def load(path: str | Path) -> Config:
         raise ValueError(f"{path}: expected a mapping at the top level")
     try:
         return from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(err.problems, str(path)) from None
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 

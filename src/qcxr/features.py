@@ -2,13 +2,21 @@
 
 One safetensors file per split: tensor "features" float32 (N, 2048), or (N, K, 2048) with K
 augmented views per image; metadata (strings) "ids" (JSON list, row order), "weights" (identity of
-the backbone weights), "views", "seed", "dtype". Extraction is resumable: finished rows go to
-chunk files in `<out>.partial/` as they complete; a rerun skips the ids already there and the
-chunks are merged into `<out>` at the end.
+the backbone weights), "views", "seed", "dtype", and "features_sha256": the checksum of the ids
+and the rows together (`content_checksum`), checked on every load, so that a row edited,
+shifted, dropped or reordered after extraction is found. `qcxr features` adds the store's
+provenance: "split", "labels_checksum" and "label_file" (the label file's sha256 and path),
+"cache" and the image settings of its cache ("crop", "resize_shortest", "resample"); training
+checks them against the study and the config (qcxr.train.data). A store without
+"features_sha256" (written before it was recorded) loads as unverified (`FeatureStore.verified`).
+
+Extraction is resumable: finished rows go to chunk files in `<out>.partial/` as they complete; a
+rerun skips the ids already there and the chunks are merged into `<out>` at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import zlib
@@ -23,6 +31,8 @@ from qcxr.config import changed_settings, describe_changes
 
 FEATURES = "features"
 MANIFEST = "manifest.json"
+CHECKSUM = "features_sha256"  # metadata: content_checksum of the ids and rows
+IMAGE_SETTINGS = ("crop", "resize_shortest", "resample")  # of the image cache (config.data)
 DTYPES = ("float32", "bfloat16")  # the backbone's compute dtype (bfloat16 is for GPUs)
 
 
@@ -40,12 +50,37 @@ class FeatureStore:
     def views(self) -> int:
         return int(self.meta.get("views", 0))
 
+    @property
+    def verified(self) -> bool:
+        """True when the store records its content checksum (checked when it was loaded)."""
+        return CHECKSUM in self.meta
+
+
+def content_checksum(ids: Sequence[str], features: np.ndarray) -> str:
+    """sha256 of the ids (JSON, row order), the rows' shape and their float32 bytes: any change
+    of a row, of the order or of an id changes it."""
+    rows = np.ascontiguousarray(features, dtype="<f4")
+    digest = hashlib.sha256()
+    digest.update(json.dumps(list(ids)).encode())
+    digest.update(b"\n" + json.dumps(list(rows.shape)).encode() + b"\n")
+    digest.update(rows.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def stamped(store: FeatureStore) -> FeatureStore:
+    """The store with its content checksum in the metadata (as extraction writes it)."""
+    meta = {**store.meta, CHECKSUM: content_checksum(store.ids, store.features)}
+    return FeatureStore(list(store.ids), store.features, meta)
+
 
 # ----------------------------------------------------------------------------- file format
 
 
 def save_feature_store(path: str | Path, store: FeatureStore) -> None:
-    """Write atomically (temp file, then rename): a killed write never leaves a half file."""
+    """Write atomically (temp file, then rename): a killed write never leaves a half file.
+
+    The metadata is written as given: a "features_sha256" that does not match the rows makes a
+    file that `load_feature_store` refuses (extraction stamps it with `stamped`)."""
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -86,6 +121,16 @@ def load_feature_store(path: str | Path) -> FeatureStore:
         raise ValueError(
             f"{path}: features are {features.dtype} {features.shape}, expected float32"
         )
+    if CHECKSUM in meta:
+        actual = content_checksum(ids, features)
+        if actual != meta[CHECKSUM]:
+            split = meta.get("split", "SPLIT")
+            raise ValueError(
+                f"{path}: field {CHECKSUM} does not match the file's ids and feature rows "
+                f"(recorded {meta[CHECKSUM][:12]}..., now {actual[:12]}...): the store was "
+                "changed after extraction (rows edited, shifted, dropped or reordered); make "
+                f"it again with `qcxr features --split {split} --out {path} --overwrite ...`"
+            )
     return FeatureStore(ids=ids, features=features, meta=meta)
 
 
@@ -162,11 +207,19 @@ def store_settings(weights: str, views: int, seed: int, dtype: str) -> dict[str,
     }
 
 
+def image_settings(meta: dict[str, str]) -> dict[str, str]:
+    """The image cache settings a store's metadata records (IMAGE_SETTINGS; none: {})."""
+    return {k: str(meta[k]) for k in IMAGE_SETTINGS if k in meta}
+
+
 def _open_partial(out: Path, settings: dict[str, str]) -> Path:
     directory = partial_dir(out)
     manifest = directory / MANIFEST
     if manifest.is_file():
-        changed = changed_settings(json.loads(manifest.read_text()), settings)
+        before = json.loads(manifest.read_text())
+        # a manifest from before image settings were recorded: compare what it has
+        now = {k: v for k, v in settings.items() if k in before or k not in IMAGE_SETTINGS}
+        changed = changed_settings(before, now)
         if changed:
             raise ValueError(
                 f"{directory}: an unfinished extraction with other settings "
@@ -198,7 +251,7 @@ class _ChunkWriter:
 
     def flush(self) -> None:
         if self.ids:
-            chunk = FeatureStore(self.ids[:], np.concatenate(self.rows), self.settings)
+            chunk = stamped(FeatureStore(self.ids[:], np.concatenate(self.rows), self.settings))
             save_feature_store(self.directory / f"chunk-{self.index:06d}.safetensors", chunk)
             self.index += 1
             self.ids.clear()
@@ -240,10 +293,12 @@ def extract_features(
     """Pooled backbone features (eval mode) of every image in `batches`, stored at `out`.
 
     `batches` yields (ids, uint8 images (B, H, W, 1|3)). Ids already in `<out>.partial/` from an
-    interrupted run with the same settings are skipped; finished rows are written every
-    `chunk_rows`. With `views` = K > 0, each image gets K augmented views from `augment_fn`
-    (default qcxr.data.augment.augment), keyed by (seed, id, view). `batch_size` pads short
-    batches so that one compiled shape serves all. Returns the merged store.
+    interrupted run with the same settings (and image settings in `meta`) are skipped; finished
+    rows are written every `chunk_rows`. With `views` = K > 0, each image gets K augmented
+    views from `augment_fn` (default qcxr.data.augment.augment), keyed by (seed, id, view).
+    `batch_size` pads short batches so that one compiled shape serves all. `meta` is the
+    store's provenance (`qcxr features`: split, label file, cache and image settings). Returns
+    the merged store, stamped with its content checksum.
     """
     import jax
 
@@ -251,7 +306,7 @@ def extract_features(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be {' or '.join(DTYPES)}, not {dtype!r}")
     settings = store_settings(weights, views, seed, dtype)
-    directory = _open_partial(out, settings)
+    directory = _open_partial(out, {**settings, **image_settings(meta or {})})
     if views and augment_fn is None:
         augment_fn = default_augment()
     forward = _forward_fn(model or _backbone(dtype), views, augment_fn)
@@ -302,10 +357,12 @@ def _merge(out: Path, directory: Path, settings: dict, meta: dict) -> FeatureSto
     if not chunks:
         raise ValueError(f"no images to extract features from (nothing written to {out})")
     ids = [i for chunk in chunks for i in chunk.ids]
-    store = FeatureStore(
-        ids=ids,
-        features=np.concatenate([chunk.features for chunk in chunks]),
-        meta={**meta, **settings},
+    store = stamped(
+        FeatureStore(
+            ids=ids,
+            features=np.concatenate([chunk.features for chunk in chunks]),
+            meta={k: v for k, v in {**meta, **settings}.items() if k != CHECKSUM},
+        )
     )
     save_feature_store(out, store)
     shutil.rmtree(directory)

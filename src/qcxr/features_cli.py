@@ -89,15 +89,28 @@ def open_dataset(args: argparse.Namespace):
     return datasets.NIHCXRLT(csv, images, task, allow_missing_labels=True)
 
 
+def provenance(args: argparse.Namespace, dataset, cache) -> dict[str, str]:
+    """What a store is tied to besides its settings: split, label file (path and sha256), image
+    cache (path and image settings). Training checks them (qcxr.train.data)."""
+    return {
+        "split": args.split,
+        "labels_checksum": dataset.checksum,
+        "label_file": str(dataset.label_file),
+        "cache": str(Path(args.cache).resolve()),
+        **{k: str(cache.params[k]) for k in ("crop", "resize_shortest", "resample")},
+    }
+
+
 def run_features(args: argparse.Namespace) -> int:
     from qcxr import features
     from qcxr.data.cache import ImageCache
-    from qcxr.data.loader import Loader
     from qcxr.models.weights import random_weights_warning, resolve_resnet50_weights
 
     if args.batch_size < 1 or args.views < 0 or args.chunk_rows < 1:
         raise ValueError("--batch-size and --chunk-rows must be >= 1, --views >= 0")
     dataset = open_dataset(args)
+    cache = ImageCache(args.cache)
+    meta = provenance(args, dataset, cache)
     variables, identity = resolve_resnet50_weights(args.weights)
     banner = random_weights_warning(identity)
     if banner:
@@ -105,21 +118,33 @@ def run_features(args: argparse.Namespace) -> int:
     if args.out.exists():
         if args.overwrite:
             args.out.unlink()
-        elif _up_to_date(args, dataset.ids, identity):
-            return _report(args, features.load_feature_store(args.out), banner, "up to date")
         else:
-            raise ValueError(f"{args.out}: exists with other images or settings; use --overwrite")
+            status, why = _existing(args, dataset.ids, identity, meta)
+            if why:
+                raise ValueError(
+                    f"{args.out}: exists with other images or settings ({why}); use --overwrite"
+                )
+            return _report(args, features.load_feature_store(args.out), banner, status)
     if args.overwrite and features.partial_dir(args.out).exists():
         import shutil
 
         shutil.rmtree(features.partial_dir(args.out))
+
+    store = _extract(args, dataset, cache, variables, identity, meta)
+    return _report(args, store, banner, "written")
+
+
+def _extract(args: argparse.Namespace, dataset, cache, variables, identity: str, meta: dict):
+    """Features of every image of `dataset` into the store at --out, resuming a partial one."""
+    from qcxr import features
+    from qcxr.data.loader import Loader
 
     done = features.done_ids(args.out)
     # Resume from the first unfinished batch when the finished rows are a prefix in this order.
     start = len(done) // args.batch_size if done == dataset.ids[: len(done)] else 0
     loader = Loader(
         dataset,
-        ImageCache(args.cache),
+        cache,
         batch_size=args.batch_size,
         seed=args.seed,
         shuffle=False,
@@ -138,22 +163,49 @@ def run_features(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         total=len(dataset.ids),
         progress=not args.no_progress,
-        meta={"split": args.split, "labels_checksum": dataset.checksum},
+        meta=meta,
     )
     missing = set(dataset.ids) - set(store.ids)
     if missing:
         raise ValueError(
             f"{args.out}: {len(missing)} images have no features: {sorted(missing)[:5]}"
         )
-    return _report(args, store, banner, "written")
+    return store
 
 
-def _up_to_date(args: argparse.Namespace, ids: list[str], identity: str) -> bool:
-    from qcxr.features import load_feature_store, store_settings
+def _existing(
+    args: argparse.Namespace, ids: list[str], identity: str, meta: dict[str, str]
+) -> tuple[str, str]:
+    """(status, "") when the store at --out is this split's, as it would be made now; else
+    ("", why not). A store whose images and settings are unchanged but whose label file has
+    changed gets the new labels_checksum (its rows do not depend on the labels)."""
+    from qcxr.config import describe_changes
+    from qcxr.features import (
+        CHECKSUM,
+        FeatureStore,
+        load_feature_store,
+        save_feature_store,
+        store_settings,
+    )
 
-    store = load_feature_store(args.out)
-    wanted = store_settings(identity, args.views, args.seed, args.dtype)
-    return store.ids == ids and all(store.meta.get(k) == v for k, v in wanted.items())
+    store = load_feature_store(args.out)  # checks the content checksum
+    if not store.verified:
+        return "", f"written before stores recorded {CHECKSUM}, so unverified"
+    if store.ids != ids:
+        return "", f"{len(store.ids)} rows, not the {len(ids)} images of {meta['label_file']}"
+    wanted = {
+        **store_settings(identity, args.views, args.seed, args.dtype),
+        **{k: meta[k] for k in ("split", "crop", "resize_shortest", "resample")},
+    }
+    changed = {k: (store.meta.get(k), v) for k, v in wanted.items() if store.meta.get(k) != v}
+    if changed:
+        return "", describe_changes(changed)
+    labels = {k: meta[k] for k in ("labels_checksum", "label_file")}
+    if all(store.meta.get(k) == v for k, v in labels.items()):
+        return "up to date", ""
+    restamped = FeatureStore(store.ids, store.features, {**store.meta, **labels})
+    save_feature_store(args.out, restamped)
+    return "up to date (label file changed, same images: labels_checksum updated)", ""
 
 
 def _report(args, store, banner: str | None, status: str) -> int:

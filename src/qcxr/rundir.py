@@ -10,6 +10,7 @@
       predictions-<testset>.parquet "id", then "p:L" and "y:L" per label L (train.predictions)
       status.json                   written last by training: the run is finished exactly when
                                     it says so
+      .lock                         held (flock) by the process training the run
       metrics.json                  written after training by the caller (qcxr.evaluate.metrics),
                                     recomputed from the predictions when missing
 
@@ -18,8 +19,12 @@ Every other module names these files through the constants and functions here.
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import json
 import math
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ FEATURE_NORM = "feature_norm.safetensors"
 STATUS = "status.json"
 METRICS = "metrics.json"
 PREDICTIONS_PREFIX = "predictions-"
+LOCK = ".lock"
 HISTORY_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "epoch_time")
 
 # Config keys a resumed run may change (they do not alter what is computed).
@@ -45,6 +51,8 @@ RESUMABLE_CHANGES = frozenset(
     {
         "train.max_epochs",
         "train.patience",
+        "train.keep_checkpoints",
+        "train.require_external_test",
         "data.cache",
         "data.loader_threads",
         "data.prefetch",
@@ -75,6 +83,48 @@ def experiment_of(run_dir: str | Path) -> Path:
     the path has fewer levels)."""
     run_dir = Path(run_dir)
     return run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir.parent
+
+
+class RunError(RuntimeError):
+    """A run cannot go on; the message names the run, what is broken, what was kept and what to
+    do. The command line prints it as one line."""
+
+
+# -------------------------------------------------------------------------------------- lock
+
+_HELD: dict[Path, int] = {}  # run directory -> open descriptor of its locked .lock file
+
+
+def lock(run_dir: str | Path) -> None:
+    """Take the run directory for this process, or a RunError naming the process that has it.
+
+    An advisory flock on <run>/.lock: released when the process ends, however it ends, so a
+    killed run never leaves a stale lock behind. This process may take a run again (a resume in
+    the same process, as the tests and a grid do).
+    """
+    run_dir = Path(run_dir).absolute()
+    if run_dir in _HELD:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 1024, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunError(
+            f"{run_dir}: in use by {holder}; wait for it to end, or train into another directory"
+        ) from None
+    since = dt.datetime.now().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+    _HELD[run_dir] = fd
+
+
+def unlock(run_dir: str | Path) -> None:
+    fd = _HELD.pop(Path(run_dir).absolute(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 # ------------------------------------------------------------------------------------ status

@@ -16,7 +16,19 @@ from typing import Any
 
 from qcxr import configs, rundir
 from qcxr.cli import add_task_arguments, labels_from_args
-from qcxr.config import BACKBONES, HEADS, MODES, SOURCES, merge, nested
+from qcxr.config import (
+    BACKBONES,
+    BACKENDS,
+    ENTANGLERS,
+    HEADS,
+    LOSSES,
+    MODES,
+    OPTIMIZERS,
+    SCHEDULES,
+    SOURCES,
+    merge,
+    nested,
+)
 from qcxr.rundir import RunResult
 
 # flag -> dotted config key (value types come from argparse)
@@ -78,9 +90,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from qcxr.quantum import BACKENDS, ENTANGLERS  # jax: qcxr.models imports it anyway
-    from qcxr.train.losses import LOSSES
-    from qcxr.train.state import OPTIMIZERS, SCHEDULES
 
     train = subparsers.add_parser(
         "train",

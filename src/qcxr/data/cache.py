@@ -6,14 +6,21 @@ raised above any entry), so an entry is written in one transaction: two builders
 builder killed mid-way, leave only whole entries. Each entry's diskcache tag is the source's
 "size:mtime_ns", so a changed source is processed again. The preprocessing parameters and the
 checksums of the label files the cache was built for are stored under "qcxr:" keys.
+
+Every read checks the entry's checksums (`qcxr.data.cache_entry`, the on-disk format). A
+corrupt entry is re-read from its source image when that exists (with a warning naming the
+entry); otherwise it is an error naming the cache, the entry and the repair command.
+Entries of the old format ("qcxr-image-v1", no checksum) are never trusted: `get` re-reads
+them from their sources, `build` treats them as not cached, `verify` lists them as unverified
+and `--repair` rewrites them. A damaged database file is `CacheDamagedError`
+(`qcxr.data.cache_damage`); `qcxr.data.cache_salvage.recover_database` is its repair.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import struct
-import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,21 +28,24 @@ from pathlib import Path
 
 import diskcache
 import numpy as np
-import zstandard
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 from tqdm import tqdm
 
 from qcxr.config import DataConfig
 from qcxr.data import ON_BAD_IMAGE
+from qcxr.data.cache_damage import check_file, guarded, quick_check, repair_command
+from qcxr.data.cache_entry import (
+    FORMAT,
+    OLD_FORMATS,
+    UnverifiedEntry,
+    decode_entry,
+    encode_entry,
+    has_checksum,
+)
 from qcxr.data.preprocess import BadImageError, preprocess
 
-FORMAT = "qcxr-image-v1"
 CONFIG_KEY = "qcxr:config"
 LABEL_PREFIX = "qcxr:label-file:"
-ZSTD_LEVEL = 3
 _DEFAULTS = DataConfig()
-_local = threading.local()
 
 
 def source_key(path: str | Path) -> str:
@@ -46,40 +56,6 @@ def source_signature(path: str | Path) -> str:
     """ "size:mtime_ns" of a file (FileNotFoundError if it is gone)."""
     stat = os.stat(path)
     return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    # zstandard (de)compressor objects are not thread-safe: one per thread.
-    if not hasattr(_local, "c"):
-        _local.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        _local.d = zstandard.ZstdDecompressor()
-    return _local.c
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    _compressor()
-    return _local.d
-
-
-def encode_entry(image: np.ndarray, metadata: dict[str, str]) -> bytes:
-    """zstd(safetensors({"image": uint8 (H, W, C)}, metadata))."""
-    return _compressor().compress(
-        st_save({"image": image}, metadata={"format": FORMAT, **metadata})
-    )
-
-
-def decode_entry(value: bytes) -> tuple[np.ndarray, dict[str, str]]:
-    """(image, metadata) of one cache value; ValueError if it is not a whole entry."""
-    try:
-        raw = _decompressor().decompress(value)
-        (header_len,) = struct.unpack("<Q", raw[:8])
-        metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
-        image = st_load(raw)["image"]
-    except Exception as err:  # zstd, struct, json and safetensors each raise their own
-        raise ValueError(f"not a valid cache entry ({type(err).__name__}: {err})") from None
-    if metadata.get("format") != FORMAT or image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"not a valid cache entry (format {metadata.get('format')!r})")
-    return image, metadata
 
 
 @dataclass
@@ -93,13 +69,16 @@ class BuildResult:
 class VerifyResult:
     checked: int = 0
     corrupt: list[str] = field(default_factory=list)
+    # whole entries of an old format without a checksum: not trusted, rewritten by repair
+    unverified: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # source changed or gone since caching
-    repaired: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)  # corrupt, and no source to rebuild from
+    repaired: list[str] = field(default_factory=list)  # corrupt or unverified, rebuilt
+    removed: list[str] = field(default_factory=list)  # corrupt or unverified, no source
 
     @property
     def whole(self) -> bool:
-        return not self.corrupt or len(self.repaired) + len(self.removed) == len(self.corrupt)
+        fixed = set(self.repaired) | set(self.removed)
+        return all(key in fixed for key in (*self.corrupt, *self.unverified))
 
 
 class ImageCache:
@@ -114,16 +93,27 @@ class ImageCache:
         resample: str | None = None,
     ):
         """Open or create a cache. Sizes left as None take the existing cache's own settings
-        (or the paper's defaults for a new cache); given ones must match an existing cache."""
+        (or the paper's defaults for a new cache); given ones must match an existing cache.
+        CacheDamagedError if its database file is damaged."""
         self.directory = Path(directory)
-        self.store = diskcache.Cache(
-            str(self.directory),
-            size_limit=2**62,
-            eviction_policy="none",
-            disk_min_file_size=2**30,  # keep every value in SQLite: one transaction per entry
-            cull_limit=0,
-            timeout=120,
-        )
+        self._warned_unverified = False
+        check_file(self.directory)  # before SQLite may write into a damaged file
+        with self._guard():
+            self.store = diskcache.Cache(
+                str(self.directory),
+                size_limit=2**62,
+                eviction_policy="none",
+                disk_min_file_size=2**30,  # keep every value in SQLite: one transaction per entry
+                cull_limit=0,
+                timeout=120,
+            )
+            try:
+                self._open_config(resize_shortest, crop, resample)
+            except BaseException:
+                self.store.close()
+                raise
+
+    def _open_config(self, resize_shortest, crop, resample) -> None:
         stored = self.store.get(CONFIG_KEY)
         existing = json.loads(stored) if stored is not None else {}
         requested = {"resize_shortest": resize_shortest, "crop": crop, "resample": resample}
@@ -139,11 +129,21 @@ class ImageCache:
         if stored is None:
             self.store.add(CONFIG_KEY, config)  # add: the first of two concurrent builders wins
             stored = self.store.get(CONFIG_KEY)
-        if stored != config:
-            raise ValueError(
-                f"{self.directory}: cache was built with {stored.decode()}, "
-                f"not {config.decode()}; use another cache directory"
-            )
+        if stored == config:
+            return
+        old = json.loads(stored)
+        if old.get("format") in OLD_FORMATS and {k: old.get(k) for k in self.params} == self.params:
+            # The same preprocessing, entries of an old format: each is checked as it is read
+            # (unverified ones are re-read from their sources), so the record moves on.
+            self.store.set(CONFIG_KEY, config)
+            return
+        raise ValueError(
+            f"{self.directory}: cache was built with {stored.decode()}, "
+            f"not {config.decode()}; use another cache directory"
+        )
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return guarded(self.directory)
 
     def close(self) -> None:
         self.store.close()
@@ -158,7 +158,10 @@ class ImageCache:
         return sum(1 for _ in self.image_keys())
 
     def image_keys(self) -> Iterable[str]:
-        return (k for k in self.store.iterkeys() if not str(k).startswith("qcxr:"))
+        with self._guard():
+            for key in self.store.iterkeys():
+                if not str(key).startswith("qcxr:"):
+                    yield key
 
     # ------------------------------------------------------------ entries
 
@@ -172,31 +175,65 @@ class ImageCache:
         image = preprocess(key, **self.params)
         size, mtime = signature.split(":")
         value = encode_entry(image, {"source": key, "size": size, "mtime_ns": mtime})
-        self.store.set(key, value, tag=signature)
+        with self._guard():
+            self.store.set(key, value, tag=signature)
         return image
 
+    def check(self, key: str, value: object) -> tuple[np.ndarray, dict[str, str]]:
+        """`decode_entry`, and the entry must be the one of `key`."""
+        image, metadata = decode_entry(value)  # type: ignore[arg-type]
+        if metadata.get("source") != key:
+            raise ValueError(f"not a valid cache entry (it holds {metadata.get('source')!r})")
+        return image, metadata
+
     def get(self, path: str | Path) -> np.ndarray:
-        """uint8 (crop, crop, C), C = 1 for grayscale sources; preprocessed now if not cached."""
+        """uint8 (crop, crop, C), C = 1 for grayscale sources; preprocessed now if not cached.
+
+        Every entry's checksums are checked. One that fails, or one written without a checksum,
+        is re-read from its source (the same preprocessing a build runs, so the same pixels as
+        a fresh entry) and rewritten; without the source it is a ValueError naming the cache,
+        the entry and the repair command. Never returns pixels that failed a check."""
         key = source_key(path)
-        value = self.store.get(key)
+        with self._guard():
+            value = self.store.get(key)
         if value is None:
             return self.put(key)
         try:
-            return decode_entry(value)[0]
+            return self.check(key, value)[0]
+        except UnverifiedEntry as err:
+            if not os.path.isfile(key):
+                raise ValueError(self._cannot_reread(key, err)) from None
+            if not self._warned_unverified:  # once per cache: an old cache has many
+                self._warned_unverified = True
+                warnings.warn(
+                    f"{self.directory}: entries written without a checksum (e.g. {key}) are "
+                    "re-read from their sources as they are used; `qcxr cache build` or "
+                    f"`{repair_command(self.directory)}` rewrites them all now",
+                    stacklevel=2,
+                )
+            return self.put(key)
         except ValueError as err:
             if not os.path.isfile(key):
-                raise ValueError(f"{self.directory}: entry {key}: {err}; source gone") from None
+                raise ValueError(self._cannot_reread(key, err)) from None
             warnings.warn(
                 f"{self.directory}: entry {key}: {err}; rebuilt from source", stacklevel=2
             )
             return self.put(key)
 
+    def _cannot_reread(self, key: str, err: ValueError) -> str:
+        return (
+            f"{self.directory}: entry {key}: {err}; its source is gone, so it cannot be read "
+            f"again: restore the image, or run `{repair_command(self.directory)}` "
+            "(which removes the entry)"
+        )
+
     def is_fresh(self, path: str | Path) -> bool:
-        """Whether a cached entry exists for the file as it is now."""
+        """Whether a cached entry of this format exists for the file as it is now."""
         key = source_key(path)
-        _, tag = self.store.get(key, default=None, tag=True)
+        with self._guard():
+            value, tag = self.store.get(key, default=None, tag=True)
         try:
-            return tag is not None and tag == source_signature(key)
+            return tag is not None and tag == source_signature(key) and has_checksum(value)
         except FileNotFoundError:
             return False
 
@@ -204,15 +241,18 @@ class ImageCache:
 
     def record_label_file(self, path: str | Path, checksum: str) -> None:
         key = LABEL_PREFIX + source_key(path)
-        self.store.set(key, json.dumps({"path": source_key(path), "sha256": checksum}).encode())
+        value = json.dumps({"path": source_key(path), "sha256": checksum}).encode()
+        with self._guard():
+            self.store.set(key, value)
 
     def label_files(self) -> dict[str, str]:
         """path -> sha256 of every label file this cache was built for."""
         out = {}
-        for key in self.store.iterkeys():
-            if str(key).startswith(LABEL_PREFIX):
-                record = json.loads(self.store.get(key))
-                out[record["path"]] = record["sha256"]
+        with self._guard():
+            for key in self.store.iterkeys():
+                if str(key).startswith(LABEL_PREFIX):
+                    record = json.loads(self.store.get(key))
+                    out[record["path"]] = record["sha256"]
         return out
 
     # ------------------------------------------------------------ build and verify
@@ -226,6 +266,7 @@ class ImageCache:
     ) -> BuildResult:
         """Cache every path not cached as it is now (resumable; safe with concurrent builders).
 
+        An entry of an old format (no checksum) counts as not cached and is written again.
         on_bad_image="error" raises BadImageError naming the first missing or undecodable file;
         "skip" lists them in `BuildResult.skipped` and goes on.
         """
@@ -261,25 +302,32 @@ class ImageCache:
         result.skipped.sort()
         return result
 
+    def check_database(self) -> None:
+        """SQLite's quick_check of the database file; CacheDamagedError if it finds damage."""
+        quick_check(self.directory)
+
     def verify(self, repair: bool = False, progress: bool = True) -> VerifyResult:
-        """Decode every entry; with `repair`, rebuild corrupt or stale ones from their sources
-        (and delete corrupt ones whose source is gone)."""
+        """Check the database file, then every entry's checksums and shape; with `repair`,
+        rebuild corrupt, unverified (old format) or stale entries from their sources (and
+        delete corrupt or unverified ones whose source is gone). CacheDamagedError if the
+        database file is damaged (`recover_database` is the repair for that)."""
+        self.check_database()
         result = VerifyResult()
         keys = list(self.image_keys())
         for key in tqdm(keys, desc="cache verify", unit="img", disable=not progress):
-            value, tag = self.store.get(key, default=None, tag=True)
+            with self._guard():
+                value, tag = self.store.get(key, default=None, tag=True)
             if value is None:  # deleted meanwhile by another process
                 continue
             result.checked += 1
             try:
-                if not isinstance(value, bytes):
-                    raise ValueError(f"value of type {type(value).__name__}, not bytes")
-                image, _ = decode_entry(value)
+                image, _ = self.check(key, value)
                 crop = self.params["crop"]
                 if image.shape[:2] != (crop, crop):
                     raise ValueError(f"shape {image.shape}, expected ({crop}, {crop}, C)")
-            except ValueError:
-                result.corrupt.append(key)
+            except ValueError as err:
+                bad = result.unverified if isinstance(err, UnverifiedEntry) else result.corrupt
+                bad.append(key)
                 if repair:
                     self._repair(key, result)
                 continue
@@ -298,5 +346,6 @@ class ImageCache:
             self.put(key)
             result.repaired.append(key)
         except BadImageError:
-            self.store.delete(key)
+            with self._guard():
+                self.store.delete(key)
             result.removed.append(key)

@@ -64,9 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.set_defaults(func=run_cache_build)
-    verify = cache_sub.add_parser("verify", help="decode every entry; report (and repair)")
+    verify = cache_sub.add_parser(
+        "verify", help="check the database and every entry's checksums; report (and repair)"
+    )
     verify.add_argument("--cache", type=Path, required=True)
-    verify.add_argument("--repair", action="store_true", help="rebuild corrupt or stale entries")
+    verify.add_argument("--repair", action="store_true",
+                        help="rebuild corrupt, unverified (no checksum) or stale entries; move a "
+                        "damaged database aside (cache.db.damaged-TIME) and start a new one")  # fmt: skip
     verify.add_argument("--resize", type=int, default=None, help="default: the cache's own")
     verify.add_argument("--crop", type=int, default=None, help="default: the cache's own")
     verify.add_argument("--no-progress", action="store_true")
@@ -192,34 +196,93 @@ def run_cache_build(args: argparse.Namespace) -> int:
 
 
 def run_cache_verify(args: argparse.Namespace) -> int:
-    from qcxr.data.cache import ImageCache
-
     if not Path(args.cache).is_dir():
         raise FileNotFoundError(f"{args.cache}: no cache directory")
-    with ImageCache(args.cache, resize_shortest=args.resize, crop=args.crop) as cache:
-        result = cache.verify(repair=args.repair, progress=not args.no_progress)
-        label_files = cache.label_files()
-    summary = {
+    result, label_files, recovery = _verify_or_recover(args)
+    if args.json:
+        print(json.dumps(_verify_summary(args, result, label_files, recovery), indent=2))
+    else:
+        _print_verify(args, result, recovery)
+    return 0 if result.whole else 1
+
+
+def _verify_or_recover(args: argparse.Namespace) -> tuple:
+    """(VerifyResult, label files, Recovery or None). A damaged database file is an error
+    without --repair; with it the file is moved aside and salvaged, then the new one checked."""
+    from qcxr.data.cache import ImageCache, VerifyResult
+    from qcxr.data.cache_damage import CacheDamagedError
+    from qcxr.data.cache_salvage import recover_database
+
+    sizes = {"resize_shortest": args.resize, "crop": args.crop}
+
+    def verify() -> tuple:
+        with ImageCache(args.cache, **sizes) as cache:
+            result = cache.verify(repair=args.repair, progress=not args.no_progress)
+            return result, cache.label_files()
+
+    try:
+        return (*verify(), None)
+    except CacheDamagedError:
+        if not args.repair:
+            raise  # one line naming the file and the repair command
+        recovery = recover_database(args.cache, **sizes, progress=not args.no_progress)
+        if recovery.params is None:  # nothing could be read: the next build starts afresh
+            return VerifyResult(), {}, recovery
+        return (*verify(), recovery)  # the new database, its entries checked again
+
+
+def _verify_summary(args: argparse.Namespace, result, label_files: dict, recovery) -> dict:
+    """The `--json` output of `qcxr cache verify`."""
+    return {
         "cache": str(args.cache),
         "checked": result.checked,
         "corrupt": result.corrupt,
+        "unverified": result.unverified,
         "stale": result.stale,
         "repaired": result.repaired,
         "removed": result.removed,
         "whole": result.whole,
         "label_files": label_files,
+        "damaged_database": None
+        if recovery is None
+        else {
+            "moved_to": [str(p) for p in recovery.moved],
+            "entries_kept": recovery.kept,
+            "entries_dropped": recovery.dropped,
+            "label_files_kept": recovery.label_files,
+            "preprocessing_recovered": recovery.params is not None,
+        },
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
+
+
+def _print_verify(args: argparse.Namespace, result, recovery) -> None:
+    """The text output of `qcxr cache verify`: the recovery (if any), counts, corrupt keys."""
+    if recovery is not None:
+        aside = recovery.moved[0] if recovery.moved else "(nothing to move)"
+        if recovery.params is None:
+            kept = "nothing in it could be read, so no entry was kept"
+        else:
+            kept = (
+                f"{recovery.kept} entries that pass their checksums copied into a new one, "
+                f"{recovery.dropped} unreadable or failing left behind"
+            )
         print(
-            f"cache {args.cache}: {result.checked} entries checked, {len(result.corrupt)} corrupt, "
-            f"{len(result.stale)} stale, {len(result.repaired)} repaired, "
-            f"{len(result.removed)} removed"
+            f"cache {args.cache}: the database was damaged; moved aside to {aside}; {kept}; "
+            f"run `qcxr cache build --cache {args.cache} ...` to refill the cache"
         )
-        for key in result.corrupt:
-            print(f"  corrupt: {key}")
-    return 0 if result.whole else 1
+    print(
+        f"cache {args.cache}: {result.checked} entries checked, {len(result.corrupt)} corrupt, "
+        f"{len(result.unverified)} without checksum (old format), "
+        f"{len(result.stale)} stale, {len(result.repaired)} repaired, "
+        f"{len(result.removed)} removed"
+    )
+    for key in result.corrupt:
+        print(f"  corrupt: {key}")
+    if result.unverified and not args.repair:
+        print(
+            f"  {len(result.unverified)} entries have no checksum (written by an older "
+            "qcxr): `--repair` or `qcxr cache build` rewrites them"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

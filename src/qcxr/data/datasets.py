@@ -57,6 +57,37 @@ def study_paths(root: str | Path) -> StudyPaths:
     )
 
 
+TESTSETS = ("nih", "mimic")  # test sets, named as in predictions-<testset>.parquet
+
+
+def test_label_file(paths: StudyPaths, testset: str) -> Path:
+    """The label file of a test set: "nih" the NIH-CXR-LT test split, "mimic" the MIMIC-CXR-LT
+    test file (the layout of `StudyPaths`)."""
+    if testset == "nih":
+        return paths.nih_csv["test"]
+    if testset == "mimic":
+        return paths.mimic_csv
+    raise ValueError(f"unknown test set {testset!r}; test sets are {list(TESTSETS)}")
+
+
+def test_set(
+    root: str | Path, testset: str, task: str | Task, *, check_files: bool = False
+) -> LabeledImages:
+    """A study's test set as training reads it (MIMIC: frontal views when the study has its
+    metadata file), with every task label the file lacks as NaN."""
+    paths = study_paths(root)
+    csv = test_label_file(paths, testset)
+    if testset == "nih":
+        return NIHCXRLT(
+            csv, paths.nih_images, task, check_files=check_files, allow_missing_labels=True
+        )
+    metadata = paths.mimic_metadata if paths.mimic_metadata.is_file() else None
+    return MIMICCXRLT(
+        csv, paths.mimic_root, task, metadata_csv=metadata, allow_missing_labels=True,
+        check_files=check_files,
+    )  # fmt: skip
+
+
 def nih_label_file(split: str) -> Path:
     """The shipped real NIH-CXR-LT label file of a split ("val" or "test")."""
     root = resources.files("qcxr") / "resources" / "nih-cxr-lt"
@@ -72,12 +103,80 @@ def file_checksum(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def read_header(path: Path) -> list[str]:
+    """The column names of a CSV's first line; an empty file is an error naming it."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        # the first line with a non-blank cell, as pandas skips blank lines before the header
+        header = next((row for row in csv.reader(handle) if any(c.strip() for c in row)), [])
+    if not header:
+        raise ValueError(
+            f"{path}: the file is empty (no header line); a label file needs a header and one "
+            "row per image"
+        )
+    return header
+
+
+def duplicated_columns(header: list[str]) -> dict[str, list[int]]:
+    """canonical name -> 0-based header positions, for names the header holds more than once
+    (aliases resolved: "Effusion" and "Pleural Effusion" are one label)."""
+    positions: dict[str, list[int]] = {}
+    for k, column in enumerate(header):
+        if column.strip():
+            positions.setdefault(canonical(column), []).append(k)
+    return {name: where for name, where in positions.items() if len(where) > 1}
+
+
+def check_duplicate_columns(
+    path: Path, header: list[str], frame: pd.DataFrame | None = None
+) -> None:
+    """A label (or any column) given twice is an error naming the file and the columns.
+
+    Duplicates are refused even when their values agree: which column is meant cannot be told
+    from the file, and agreement is a property of today's values that a later edit of one
+    column silently breaks (pandas would keep the first and rename the second "X.1").
+    With `frame` (the file read with the header's column positions) the message says whether
+    and where the values contradict each other.
+    """
+    duplicates = duplicated_columns(header)
+    if not duplicates:
+        return
+    problems = []
+    for name, where in duplicates.items():
+        columns = " and ".join(f"{header[k]!r} (column {k + 1})" for k in where)
+        detail = ""
+        if frame is not None:
+            first = frame.iloc[:, where[0]].str.strip()
+            differ = np.zeros(len(frame), bool)
+            for k in where[1:]:
+                differ |= (frame.iloc[:, k].str.strip() != first).to_numpy()
+            if differ.any():
+                line = int(np.flatnonzero(differ)[0]) + 2
+                detail = (
+                    f": their values contradict each other on {int(differ.sum())} row(s), "
+                    f"first on line {line}"
+                )
+            else:
+                detail = ": their values agree, but one column per label is required"
+        problems.append(f"{columns} both name {name!r}{detail}")
+    raise ValueError(f"{path}: duplicated column(s): " + "; ".join(problems) + "; keep one")
+
+
 def read_label_csv(path: str | Path, required: list[str]) -> pd.DataFrame:
-    """The CSV as strings; a missing file or column is an error naming it."""
+    """The CSV as strings; a missing, empty or header-only file, a duplicated column or a
+    missing required column is an error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: label file not found")
+    header = read_header(path)
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    check_duplicate_columns(path, header, frame)
+    if frame.empty:
+        raise ValueError(
+            f"{path}: the file is empty (a header line and no data rows); a label file needs "
+            "one row per image"
+        )
     missing = [name for name in required if name not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing required column(s) {missing}")
@@ -100,7 +199,9 @@ def file_labels(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: label file not found")
-    return [canonical(c) for c in pd.read_csv(path, nrows=0).columns]
+    header = read_header(path)
+    check_duplicate_columns(path, header)
+    return [canonical(c) for c in header]
 
 
 def missing_message(path: Path, task: Task, absent: list[str]) -> str:

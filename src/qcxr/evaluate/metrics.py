@@ -11,6 +11,10 @@ check both against scikit-learn.
 
 The F1 threshold and the head/medium/tail boundaries are the run's `eval:` settings
 (config.EvalConfig, read from its config.yaml); metrics.json records the ones it used.
+
+Predictions are checked before anything is computed from them (qcxr.evaluate.predictions:
+probabilities in [0, 1], truth 0/1/NaN, unique ids, and the ids and truth of the test set's
+label file when the run's config names a study).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pandas as pd
 
 from qcxr import rundir
 from qcxr.config import Config, EvalConfig
+from qcxr.evaluate.predictions import checked_predictions
 from qcxr.labels import PAPER_TRAIN_COUNTS, canonical
 
 GROUPS = ("head", "medium", "tail")
@@ -112,32 +117,6 @@ def f1_at(scores: np.ndarray, truth: np.ndarray, threshold: float) -> float:
     tp = int(np.sum(pred & truth))
     denom = 2 * tp + int(np.sum(pred & ~truth)) + int(np.sum(~pred & truth))
     return 2 * tp / denom if denom else math.nan
-
-
-def read_predictions(path: str | Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """(ids, labels, probabilities (N, n), truth (N, n) with NaN unknown) from a parquet file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: predictions file not found")
-    frame = pd.read_parquet(path)
-    if "id" not in frame.columns:
-        raise ValueError(f"{path}: no 'id' column (columns: {list(frame.columns)[:6]}...)")
-    labels = [c[2:] for c in frame.columns if c.startswith("p:")]
-    if not labels:
-        raise ValueError(f"{path}: no probability columns named 'p:<label>'")
-    missing = [f"y:{name}" for name in labels if f"y:{name}" not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: probability columns without truth columns: {missing}")
-    probs = frame[[f"p:{n}" for n in labels]].to_numpy(dtype=np.float64)
-    truth = frame[[f"y:{n}" for n in labels]].to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(probs)):
-        row, col = np.argwhere(~np.isfinite(probs))[0]
-        raise ValueError(f"{path}: non-finite probability in row {row}, column 'p:{labels[col]}'")
-    known = truth[np.isfinite(truth)]
-    if known.size and not np.all((known == 0) | (known == 1)):
-        bad = np.unique(known[(known != 0) & (known != 1)])[:5]
-        raise ValueError(f"{path}: truth columns must be 0, 1 or NaN; found {bad.tolist()}")
-    return frame["id"].astype(str).tolist(), labels, probs, truth
 
 
 def group_of(count: float | None, config: EvalConfig) -> str | None:
@@ -234,9 +213,13 @@ def metrics_for(
     *,
     train_counts: dict[str, float] | None = None,
     config: EvalConfig,
+    settings: Config | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one predictions parquet; single-class warnings are recorded in the result."""
-    _, labels, probs, truth = read_predictions(path)
+    """Metrics of one predictions parquet; single-class warnings are recorded in the result.
+
+    The predictions are checked first (`checked_predictions`; against the test set's label file
+    when `settings`, the run's config, names a study); its notes join the warnings."""
+    _, labels, probs, truth, checks = checked_predictions(path, settings)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SingleClassWarning)
         result = metrics_from_arrays(
@@ -245,7 +228,7 @@ def metrics_for(
     notes = [str(w.message) for w in caught if issubclass(w.category, SingleClassWarning)]
     for note in notes:  # re-issue so callers still see them
         warnings.warn(note, SingleClassWarning, stacklevel=2)
-    result["warnings"] = notes
+    result["warnings"] = notes + checks
     result["predictions"] = Path(path).name
     return result
 
@@ -307,7 +290,8 @@ def write_metrics(
 ) -> dict[str, Any]:
     """Compute metrics for every predictions file of a run and write <run_dir>/metrics.json.
 
-    `config`: the evaluation settings (F1 threshold, head/medium/tail boundaries); None: the
+    Every file is checked first (`metrics_for`): a bad one is an error naming it, and nothing
+    is written. `config`: the evaluation settings (F1 threshold, head/medium/tail boundaries); None: the
     `eval:` section of the run's config.yaml, or the paper's defaults without one. The result
     records them under "eval", with their source.
     """
@@ -335,7 +319,9 @@ def write_metrics(
         },
         "train_counts_source": counts_source,
         "testsets": {
-            rundir.testset_of(f): metrics_for(f, train_counts=train_counts, config=config)
+            rundir.testset_of(f): metrics_for(
+                f, train_counts=train_counts, config=config, settings=settings
+            )
             for f in files
         },
     }

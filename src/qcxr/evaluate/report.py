@@ -35,9 +35,9 @@ import yaml
 
 from qcxr import rundir
 from qcxr.config import EvalConfig
-from qcxr.evaluate import metrics as M
 from qcxr.evaluate import plots as P
 from qcxr.evaluate import stats as S
+from qcxr.evaluate.predictions import read_predictions
 from qcxr.evaluate.runs import (
     ReportSettings,
     Run,
@@ -113,7 +113,7 @@ def bootstrap_table(
         for run in sorted(runs, key=lambda r: (r.head, r.seed)):
             if run.task != task or testset not in run.predictions:
                 continue
-            ids, names, probs, truth = M.read_predictions(run.predictions[testset])
+            ids, names, probs, truth = read_predictions(run.predictions[testset])
             if labels is not None and names != labels:
                 raise ValueError(f"{run.predictions[testset]}: labels differ from other seeds'")
             labels = names

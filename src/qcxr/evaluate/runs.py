@@ -2,7 +2,10 @@
 
 A run is a directory `rundir.run_path(experiment, task, head, seed)` (the layout is
 `qcxr.rundir`'s); `scan` reads its config.yaml, versions.json, history.csv and metrics.json,
-computing metrics.json from the predictions when it is missing or older than they are.
+computing metrics.json from the predictions when it is missing or older than they are. Every
+run's predictions are checked either way (`predictions.check_run`: probabilities in [0, 1], unique
+ids, ids and truth of the test set's label file when the run names a study), so a report is
+never drawn from a bad file; the error names the file, inside its run directory.
 
 The report's settings are the `eval:` section of the runs' config.yaml (config.EvalConfig):
 every run of an experiment must have the same one, so that the F1 threshold and the
@@ -23,6 +26,7 @@ from qcxr import config as config_lib
 from qcxr import rundir
 from qcxr.config import Config, EvalConfig
 from qcxr.evaluate import metrics as M
+from qcxr.evaluate.predictions import check_run
 
 
 @dataclass
@@ -94,7 +98,9 @@ def _read(run: Run, recompute: bool) -> Run:
         p.stat().st_mtime > metrics_path.stat().st_mtime for p in run.predictions.values()
     )
     if run.predictions and (recompute or stale or not metrics_path.is_file()):
-        M.write_metrics(path)  # with the run's own eval: settings
+        M.write_metrics(path)  # with the run's own eval: settings; checks the predictions
+    elif run.predictions:
+        check_run(path, run.config)  # metrics.json is current: its predictions still sound
     if metrics_path.is_file():
         run.metrics = M.read_metrics(path)
     return run

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import jax
 
+from qcxr.config import BACKENDS  # the choices of model.backend, defined once
 from qcxr.quantum.ansatz import ENTANGLERS, entangler_cnots
 from qcxr.quantum.cost import choose_backend
-
-BACKENDS = ("auto", "statevector", "mps", "pennylane")
 
 
 def dqc_expvals(

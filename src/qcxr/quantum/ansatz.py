@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-ENTANGLERS = ("ring", "chain", "none")
+from qcxr.config import ENTANGLERS  # the choices of model.entangler, defined once
 
 
 def entangler_cnots(n: int, entangler: str) -> list[tuple[int, int]]:

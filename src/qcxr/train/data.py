@@ -166,15 +166,98 @@ def datasets(config: Config, *, check_files: bool) -> dict[str, Any]:
     return out
 
 
-def aligned(store: Any, dataset: Any, path: Path) -> Split:
-    """Labels of the store's rows, by id; every row must have a label row."""
-    row_of = {image_id: i for i, image_id in enumerate(dataset.ids)}
-    missing = [i for i in store.ids if i not in row_of]
-    if missing:
-        raise ValueError(
-            f"{path}: {len(missing)} feature row id(s) not in {dataset.label_file}, "
-            f"e.g. {missing[:3]}"
+def _redo(path: Path, split: str, config: Config | None, meta: dict[str, str]) -> str:
+    """The command that makes a feature store again."""
+    study = (config.data.study if config is not None else "") or "STUDY"
+    cache = meta.get("cache") or "CACHE"
+    return (
+        f"`qcxr features --study {study} --split {split} --cache {cache} --out {path} "
+        "--overwrite` (with the run's --weights and task)"
+    )
+
+
+def _shown(ids: list[str], k: int = 3) -> str:
+    return ", ".join(repr(i) for i in ids[:k]) + (", ..." if len(ids) > k else "")
+
+
+def check_ids(store: Any, dataset: Any, path: Path, redo: str = "") -> None:
+    """A store's ids must be its label file's ids, each once (in any order): duplicated,
+    missing and extra ids are one error naming the store, the label file and examples."""
+    wanted = set(dataset.ids)
+    rows: dict[str, list[int]] = {}
+    for row, image_id in enumerate(store.ids):
+        rows.setdefault(image_id, []).append(row)
+    extra = [i for i in rows if i not in wanted]
+    duplicated = [i for i, where in rows.items() if len(where) > 1]
+    missing = [i for i in dataset.ids if i not in rows]
+    problems = []
+    if extra:
+        problems.append(
+            f"{len(extra)} feature row id(s) not in {dataset.label_file}, e.g. [{_shown(extra)}]"
         )
+    if duplicated:
+        shown = ", ".join(f"{i!r} (rows {rows[i][:4]})" for i in duplicated[:3])
+        problems.append(f"{len(duplicated)} id(s) on more than one row: {shown}")
+    if missing:
+        problems.append(
+            f"{len(missing)} of the {len(dataset.ids)} images of {dataset.label_file} have no "
+            f"feature row, e.g. [{_shown(missing)}]"
+        )
+    if problems:
+        again = f"; make it again: {redo}" if redo else ""
+        raise ValueError(
+            f"{path}: the store's ids are not those of its label file: "
+            + "; ".join(problems)
+            + again
+        )
+
+
+def check_provenance(
+    store: Any, dataset: Any, path: Path, split: str, config: Config | None = None
+) -> None:
+    """What `qcxr features` recorded must hold now: the store is this split's ("split"), made
+    with this label file ("labels_checksum" = its sha256) and with the config's image settings
+    ("crop", "resize_shortest", "resample" of its cache). Fields a store lacks are not checked
+    (the caller warns of a store without its content checksum)."""
+    meta = store.meta
+    redo = _redo(path, split, config, meta)
+    if "split" in meta and meta["split"] != split:
+        raise ValueError(
+            f"{path}: field split is {meta['split']!r}, but this file holds the {split!r} "
+            f"split; make it again: {redo}"
+        )
+    check_ids(store, dataset, path, redo)
+    recorded = meta.get("labels_checksum")
+    if recorded and recorded != dataset.checksum:
+        raise ValueError(
+            f"{path}: field labels_checksum {recorded[:12]}... is not the sha256 "
+            f"{dataset.checksum[:12]}... of {dataset.label_file}: labels changed since "
+            f"extraction; re-run `qcxr features --split {split} --out {path} ...` with the "
+            "same settings (it updates the field when the images are unchanged, else add "
+            "--overwrite)"
+        )
+    if config is None:
+        return
+    from qcxr.features import image_settings
+
+    changed = {
+        k: (v, str(getattr(config.data, k)))
+        for k, v in image_settings(meta).items()
+        if v != str(getattr(config.data, k))
+    }
+    if changed:
+        fields = ", ".join(f"{k} {a} in the store, data.{k} = {b}" for k, (a, b) in changed.items())
+        raise ValueError(
+            f"{path}: the store's images were preprocessed otherwise than the config says "
+            f"({fields}); set the config's data.* to the store's values, or extract from a "
+            f"cache built with the config's: {redo}"
+        )
+
+
+def aligned(store: Any, dataset: Any, path: Path) -> Split:
+    """Labels of the store's rows, by id; the ids must be the label file's, each once."""
+    check_ids(store, dataset, path)
+    row_of = {image_id: i for i, image_id in enumerate(dataset.ids)}
     rows = np.asarray([row_of[i] for i in store.ids], np.int64)
     return Split(
         list(store.ids),
@@ -185,33 +268,78 @@ def aligned(store: Any, dataset: Any, path: Path) -> Split:
     )
 
 
-def load_frozen_data(config: Config) -> FrozenData:
-    """Features from <data.features>/{train,val,test,mimic}.safetensors, labels from the study."""
+def _missing_external(path: Path, name: str, dataset: Any, config: Config, required: bool):
+    redo = _redo(path, TESTSETS[name], config, {}).replace(" --overwrite", "")
+    if required:
+        raise ValueError(
+            f"{path}: no feature store for the external test set {name!r} "
+            f"({dataset.label_file} exists); make it with {redo}, or set "
+            "train.require_external_test: false to train without it"
+        )
+    print(
+        f"note: {path} not found; no {name} (external) test set "
+        "(train.require_external_test is false)",
+        file=sys.stderr,
+    )
+
+
+def load_frozen_data(config: Config, *, require_external_test: bool | None = None) -> FrozenData:
+    """Features from <data.features>/{train,val,test,mimic}.safetensors, labels from the study.
+
+    Each store must hold exactly its split's images, once each, and match what it recorded at
+    extraction (content checksum on load; split, label file checksum, image settings:
+    `check_provenance`); all must come from the same backbone weights. A store without a
+    content checksum (written before it was recorded) loads with one warning line.
+    The external test set's store (the other dataset's test set, when the study has its label
+    file) is required unless `require_external_test` is False; None: the config's
+    train.require_external_test (required when the config has no such setting).
+    """
     from qcxr.features import load_feature_store
 
     if not config.data.features:
         raise ValueError("frozen mode needs feature stores: pass --features DIR")
+    if require_external_test is None:
+        require_external_test = bool(getattr(config.train, "require_external_test", True))
     directory = Path(config.data.features)
     labelled = datasets(config, check_files=False)
     source = training_source(config)
     splits: dict[str, Split] = {}
-    weights = set()
+    weights: dict[str, str] = {}
+    unverified: list[str] = []
     for name, file in (*TRAIN_STORES[source].items(), *TESTSETS.items()):
         path = directory / f"{file}.safetensors"
-        external = name in TESTSETS and name != source  # optional: the other dataset's test
-        if name not in labelled or (external and not path.is_file()):
+        if name not in labelled:
             continue
-        store = load_feature_store(path)
-        weights.add(str(store.meta.get("weights", "unknown")))
+        if name in TESTSETS and name != source and not path.is_file():
+            _missing_external(path, name, labelled[name], config, require_external_test)
+            continue
+        store = load_feature_store(path)  # checks the content checksum, when recorded
+        check_provenance(store, labelled[name], path, file, config)
+        if not store.verified:
+            unverified.append(path.name)
+        weights[path.name] = str(store.meta.get("weights", "unknown"))
         splits[name] = aligned(store, labelled[name], path)
-    if len(weights) > 1:
-        raise ValueError(f"{directory}: feature stores come from different weights {weights}")
+    if len(set(weights.values())) > 1:
+        named = ", ".join(f"{k}: {v!r}" for k, v in weights.items())
+        raise ValueError(
+            f"{directory}: feature stores come from different backbone weights (field "
+            f"weights: {named}); extract every split with the same --weights"
+        )
+    if unverified:
+        print(
+            f"warning: {directory}: {', '.join(unverified)} carry no features_sha256 (written "
+            "before stores recorded it): their rows are unverified; re-run `qcxr features ... "
+            "--overwrite` to record it",
+            file=sys.stderr,
+        )
     norm = None
     if config.train.standardize_features:
         norm = feature_norm(splits["train"].inputs)
         splits = {name: standardized(split, norm) for name, split in splits.items()}
     tests = {name: splits[name] for name in TESTSETS if name in splits}
-    return FrozenData(splits["train"], splits["val"], tests, weights.pop(), norm, source)
+    return FrozenData(
+        splits["train"], splits["val"], tests, next(iter(weights.values())), norm, source
+    )
 
 
 def feature_norm(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

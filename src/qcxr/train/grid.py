@@ -24,6 +24,7 @@ checkpoint. In frozen mode the seeds of one cell train together (vmap).
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import yaml
 
 from qcxr import config as config_lib
 from qcxr import configs, rundir
-from qcxr.config import Config
+from qcxr.config import Config, ConfigError
 from qcxr.rundir import RunResult
 
 CELL_AXES = ("task", "model.head")  # these name directories inside an experiment
@@ -49,8 +50,11 @@ class Grid:
 
 
 def read_grid(source: str | Path | dict[str, Any]) -> Grid:
-    """A Grid from a YAML file, a bundled config's name or a mapping; errors name the file and
-    key."""
+    """A Grid from a YAML file, a bundled config's name or a mapping.
+
+    Every cell's full config is checked here, before anything runs: a `ConfigError` names the
+    file and lists every problem once, with the axis values of the cells that have it.
+    """
     where = str(source) if not isinstance(source, dict) else "grid"
     if isinstance(source, dict):
         data = dict(source)
@@ -64,14 +68,12 @@ def read_grid(source: str | Path | dict[str, Any]) -> Grid:
     if not isinstance(axes, dict):
         raise ValueError(f"{where}: 'grid' must map dotted config keys to lists")
     axes = {k: (v if isinstance(v, list) else [v]) for k, v in axes.items()}
+    grid = Grid(experiment, data, axes)
     try:
-        config_lib.from_dict(data)  # unknown keys fail here, with their names
-        for key, values in axes.items():
-            for value in values:
-                config_lib.from_dict(config_lib.merge(data, config_lib.nested(key, value)))
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
-    return Grid(experiment, data, axes)
+        _cell_configs(grid)
+    except ConfigError as err:
+        raise ConfigError(err.problems, where) from None
+    return grid
 
 
 @dataclass(frozen=True)
@@ -88,32 +90,93 @@ def _suffix(key: str, value: Any) -> str:
 
 
 def cells(grid: Grid, out_dir: str | Path, overrides: dict[str, Any] | None = None) -> list[Cell]:
-    """Every cell of the grid, in file order, with run directories under `out_dir`."""
+    """Every cell of the grid, in file order, with run directories under `out_dir`; every cell's
+    config is checked before any is returned (a `ConfigError` lists every problem)."""
     out_dir = Path(out_dir)
-    base = config_lib.merge(grid.base, overrides or {})
-    defaults = config_lib.from_dict(base)
-    axes = dict(grid.axes)
-    seeds = axes.pop(SEED_AXIS, list(defaults.train.seeds))
-    cell_axes = {k: axes.pop(k) for k in CELL_AXES if k in axes}
-    other = axes
     result = []
-    for other_values in itertools.product(*other.values()):
-        chosen = dict(zip(other, other_values, strict=True))
+    for chosen, seed_configs in _cell_configs(grid, overrides):
         name = "-".join([out_dir.name, *(_suffix(k, v) for k, v in chosen.items())])
         experiment_dir = out_dir.with_name(name)
-        for cell_values in itertools.product(*cell_axes.values()):
-            settings = base
-            for key, value in [*chosen.items(), *zip(cell_axes, cell_values, strict=True)]:
-                settings = config_lib.merge(settings, config_lib.nested(key, value))
-            configs = [
-                config_lib.from_dict(
-                    config_lib.merge(settings, config_lib.nested(SEED_AXIS, int(seed)))
-                )
-                for seed in seeds
-            ]
-            dirs = [rundir.config_run_path(experiment_dir, c) for c in configs]
-            result.append(Cell(experiment_dir, configs, dirs))
+        dirs = [rundir.config_run_path(experiment_dir, c) for c in seed_configs]
+        result.append(Cell(experiment_dir, seed_configs, dirs))
     return result
+
+
+def _cell_configs(
+    grid: Grid, overrides: dict[str, Any] | None = None
+) -> list[tuple[dict[str, Any], list[Config]]]:
+    """(values of the axes beyond CELL_AXES and the seed, the configs of the cell's seeds) of
+    every cell, in file order. All are built first; then every problem found is raised once,
+    naming the cells that have it."""
+    base = config_lib.merge(grid.base, overrides or {})
+    problems = {
+        f"grid.{key}: [] has no value to run": [] for key, vs in grid.axes.items() if not vs
+    }
+    axes = {k: v for k, v in grid.axes.items() if v}  # an empty one: its problem above
+    seeds = axes.pop(SEED_AXIS, None) or _default_seeds(base)
+    cell_axes = {k: axes.pop(k) for k in CELL_AXES if k in axes}
+    other = axes
+    planned, points = [], []
+    for other_values in itertools.product(*other.values()):
+        chosen = dict(zip(other, other_values, strict=True))
+        for cell_values in itertools.product(*cell_axes.values()):
+            at = {**chosen, **dict(zip(cell_axes, cell_values, strict=True))}
+            settings = base
+            for key, value in at.items():
+                settings = config_lib.merge(settings, config_lib.nested(key, value))
+            seed_configs = []
+            for seed in seeds:
+                point = {**at, SEED_AXIS: seed}
+                points.append(point)
+                try:
+                    seed_configs.append(
+                        config_lib.from_dict(
+                            config_lib.merge(settings, config_lib.nested(SEED_AXIS, seed))
+                        )
+                    )
+                except ConfigError as err:
+                    for problem in err.problems:
+                        problems.setdefault(problem, []).append(point)
+            planned.append((chosen, seed_configs))
+    if problems:
+        raise ConfigError(
+            [problem + _cells_named(failing, points) for problem, failing in problems.items()],
+            "grid",
+        )
+    return planned
+
+
+def _default_seeds(base: dict[str, Any]) -> list[Any]:
+    """The seed axis when the grid has none: train.seeds (its check is each cell's)."""
+    train = base.get("train")
+    seeds = train.get("seeds") if isinstance(train, dict) else None
+    if seeds is None:
+        return list(Config().train.seeds)
+    return list(seeds) if isinstance(seeds, list | tuple) and seeds else [Config().train.seed]
+
+
+def _cells_named(failing: list[dict[str, Any]], every: list[dict[str, Any]]) -> str:
+    """The failing cells named by their axis values, as " (cells with model.head='dcq')"; ""
+    when every cell fails (the problem is the file's, not an axis value's)."""
+    if not failing or len(failing) == len(every):
+        return ""
+
+    def values(points: list[dict[str, Any]], axis: str) -> list[Any]:
+        return list({repr(p[axis]): p[axis] for p in points}.values())
+
+    axes = list(every[0])
+    chosen = {a: values(failing, a) for a in axes}
+    if math.prod(len(v) for v in chosen.values()) == len({repr(p) for p in failing}):
+        # the failing cells are every combination of some axes' values: name those values
+        named = [
+            f"{a}={v[0]!r}" if len(v) == 1 else f"{a} in [{', '.join(map(repr, v))}]"
+            for a, v in chosen.items()
+            if len(v) < len(values(every, a))
+        ]
+        return f" (cells with {', '.join(named)})"
+    shown = [", ".join(f"{a}={p[a]!r}" for a in axes) for p in failing[:4]]
+    more = f"; and {len(failing) - 4} more" if len(failing) > 4 else ""
+    return f" (cells {'; '.join(shown)}{more})"
 
 
 # Called with each run's result as soon as the run is finished or skipped (the caller writes
@@ -177,7 +240,8 @@ class CellData:
         from qcxr.train.data import load_frozen_data
 
         d = config.data
-        key = ("frozen", config.task, config.labels, d.study, d.features, d.source)
+        key = ("frozen", config.task, config.labels, d.study, d.features, d.source, d.crop,
+               d.resize_shortest, d.resample, config.train.require_external_test)  # fmt: skip
         return self._get(key, lambda: load_frozen_data(config))
 
     def images(self, config: Config, cache: str) -> Any:

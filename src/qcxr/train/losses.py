@@ -15,9 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qcxr.config import TrainConfig
-
-LOSSES = ("bce", "weighted_bce", "focal", "asl")
+from qcxr.config import LOSSES, TrainConfig
 
 Elementwise = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -6,8 +6,10 @@ written. A run is finished exactly when status.json says so, and status.json is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import numpy as np
 
 from qcxr import rundir
 from qcxr.config import Config
-from qcxr.rundir import RunResult
+from qcxr.rundir import RunError, RunResult
 from qcxr.train import parallel
 from qcxr.train.checkpoint import RunCheckpoints
 from qcxr.train.early_stopping import EarlyStopping
@@ -33,7 +35,7 @@ BatchHook = Callable[[Config, int, int, list[str], Any], None]
 TestPredictions = dict[str, tuple[list[str], np.ndarray, np.ndarray, list[str]]]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """A train or validation loss was NaN or infinite; the run stopped, checkpoints kept."""
 
 
@@ -48,14 +50,18 @@ class RunBook:
         self.run_dir = Path(run_dir)
         self.steps_per_epoch = steps_per_epoch
         self.checkpoints_every = config.train.checkpoint_every
+        if parallel.is_main_process():
+            rundir.lock(self.run_dir)  # first: nothing of the run is touched by a second process
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints = RunCheckpoints(self.run_dir)
-        meta = self.checkpoints.latest_meta()
-        if meta is not None and not resume:
+        self.checkpoints = RunCheckpoints(self.run_dir, keep=config.train.keep_checkpoints)
+        if self.checkpoints.has_any() and not resume:
             raise ValueError(
                 f"{self.run_dir}: holds checkpoints of an earlier run; pass --resume to continue "
                 "it, or choose another --out"
             )
+        meta = self.checkpoints.intact_latest_meta() if resume else None
+        if resume and meta is None:
+            self._start_over()
         rundir.write_config(self.run_dir, config, resume)
         self.history = History(self.run_dir / rundir.HISTORY)
         self.stopping = EarlyStopping(config.train.patience, config.train.max_epochs)
@@ -65,8 +71,19 @@ class RunBook:
         if meta is not None:
             self._continue_from(meta)
         self.history.start(self.step if self.resumed else None)
-        self.checkpoints.empty_trash()
         rundir.clear_results(self.run_dir)
+
+    def _start_over(self) -> None:
+        """A resume without a latest checkpoint trains from the start; an orphaned best
+        checkpoint (its latest deleted) is kept aside, not mixed with the new run's."""
+        aside = self.checkpoints.set_aside_best("orphaned")
+        if aside is not None:
+            print(
+                f"note: {self.run_dir}: no latest checkpoint to resume from; training from the "
+                f"start (the run is seeded, so it repeats what was lost). The earlier best "
+                f"checkpoint is kept in {aside}",
+                file=sys.stderr,
+            )
 
     def _continue_from(self, meta: dict[str, Any]) -> None:
         self.epoch, self.position, self.step = meta["epoch"], meta["position"], meta["step"]
@@ -114,7 +131,18 @@ class RunBook:
 
     def save_latest(self, state: TrainState) -> None:
         self.history.flush()  # rows first: a resume cuts rows beyond the checkpoint's step
-        self.checkpoints.save_latest(self.step, state, self.meta())
+        self._checkpoint(self.checkpoints.save_latest, self.step, state, self.meta())
+
+    def _checkpoint(self, save, step: int, tree: Any, meta: dict[str, Any]) -> None:
+        """A save; one that fails marks the run failed (with what was kept) and stops it."""
+        try:
+            save(step, tree, meta)
+        except RunError as err:
+            with contextlib.suppress(OSError):  # the disk may be the one that is full
+                self.write_status(
+                    {"status": "failed", "reason": "checkpoint not saved", "message": str(err)}
+                )
+            raise
 
     def end_epoch(self, val_loss: float, epoch_time: float, state: TrainState) -> str | None:
         """Record the epoch, keep the best, checkpoint; the stop reason or None."""
@@ -126,7 +154,7 @@ class RunBook:
         self.history.epoch(self.epoch + 1, self.step, train_loss, val_loss, epoch_time)
         if improved:
             best = {"epoch": self.epoch + 1, "step": self.step, "val_loss": val_loss}
-            self.checkpoints.save_best(self.step, variables_of(state), best)
+            self._checkpoint(self.checkpoints.save_best, self.step, variables_of(state), best)
         self.epoch, self.position = self.epoch + 1, 0
         self.loss_sum, self.loss_count = 0.0, 0
         self.save_latest(state)
@@ -181,6 +209,10 @@ class RunBook:
                 "steps": self.step,
             }
         )
-        self.checkpoints.empty_trash()
-        self.checkpoints.close()
+        self.close()
         return result
+
+    def close(self) -> None:
+        """Let background deletions finish and give the run directory up."""
+        self.checkpoints.close()
+        rundir.unlock(self.run_dir)

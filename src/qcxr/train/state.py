@@ -16,10 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from qcxr.config import TrainConfig
-
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from qcxr.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 # Purposes of the root seed; each gets its own stream (jax.random.fold_in(root, purpose)).
 INIT, DROPOUT = 0, 3  # 1 (data order) and 2 (augmentation) live in qcxr.data.loader

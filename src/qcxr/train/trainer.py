@@ -123,7 +123,11 @@ class Trainer:
         on every test set, its train counts and status.json."""
         failed = rundir.result_of(book.run_dir)
         if failed is not None:
+            book.close()
             return failed
-        variables, _ = book.checkpoints.restore_best()
-        counts = train_counts(self.data.train.labels, list(self.data.train.label_names))
-        return book.finish(self.test_predictions(variables), counts)
+        try:
+            variables, _ = book.checkpoints.restore_best()
+            counts = train_counts(self.data.train.labels, list(self.data.train.label_names))
+            return book.finish(self.test_predictions(variables), counts)
+        finally:
+            book.close()
