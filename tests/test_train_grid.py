@@ -158,6 +158,12 @@ def test_qcxr_train_one_frozen_run_and_resume_flag(tmp_path, capsys):
     longer = [*args[:-4], "2", *args[-3:], "--resume"]
     assert main(longer) == 0
     assert len(epoch_rows(run / "history.csv")) == 2
+    # --resume where nothing was trained is an error (a typo in --out would otherwise start
+    # a fresh run silently).
+    elsewhere = [*args[:-6], str(tmp_path / "typo"), *args[-5:], "--resume"]
+    assert main(elsewhere) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
 
 
 def test_feature_rows_without_labels_are_an_error_naming_the_file(tmp_path):
@@ -209,3 +215,32 @@ def test_yaml_eval_settings_reach_metrics_and_report(tmp_path):
     assert "alpha = 0.1" in report and "bootstrap = 40 resamples" in report
     boot = pd.read_csv(out / "summary" / "bootstrap.csv")
     assert set(boot["resamples"]) == {40}
+
+
+def test_shards_of_a_grid_train_every_run_exactly_once(tmp_path, capsys):
+    """`qcxr run --shard 0/2` then `--shard 1/2` (a SLURM array of two): each run once."""
+    study, features = write_study_and_features(tmp_path, frozen_data(n_train=64))
+    grid = {
+        "experiment": "sharded",
+        "grid": {"model.head": ["cdl", "dqc"], "train.seed": [0, 1]},
+        "train": {"mode": "frozen", "max_epochs": 1, "learning_rate": 0.003},
+    }
+    path = tmp_path / "sharded.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "runs" / "sharded"
+    common = ["--out", str(out), "--study", str(study), "--features", str(features)]
+    finished = lambda: sorted(  # noqa: E731
+        str(p.parent.relative_to(out)) for p in out.glob("*/*/seed-*/status.json")
+    )
+    assert main(["run", str(path), *common, "--shard", "0/2", "--no-progress"]) == 0
+    first = finished()
+    assert first == ["cxr8/cdl/seed-0", "cxr8/cdl/seed-1"]
+    before = {r: (out / r / "history.csv").read_text() for r in first}
+    assert main(["run", str(path), *common, "--shard", "1/2", "--no-progress"]) == 0
+    assert finished() == [*first, "cxr8/dqc/seed-0", "cxr8/dqc/seed-1"]
+    assert {r: (out / r / "history.csv").read_text() for r in first} == before
+    capsys.readouterr()
+    assert main(["run", str(path), *common, "--status", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    states = rows if isinstance(rows, list) else rows["runs"]
+    assert len(states) == 4 and {r["state"] for r in states} == {"done"}

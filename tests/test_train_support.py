@@ -248,6 +248,137 @@ def two_devices_child(spec: dict) -> dict:
     return losses
 
 
+def multihost_child(spec: dict) -> dict:
+    """One of several processes joined by jax.distributed (the QCXR_* variables): a frozen-mode
+    run of two seeds over every process's devices into the shared spec["out"]. Records what this
+    process opened for writing, renamed or removed under spec["out"] (Python-level file access;
+    Orbax's tensorstore writes are not seen) so that the parent can check who wrote what."""
+    import os
+
+    import jax
+
+    from qcxr.train import parallel
+    from qcxr.train.frozen import train_frozen
+
+    out = Path(spec["out"]).absolute()
+    touched: list[str] = []
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], str | Path):
+            path, mode, flags = args
+            writes = isinstance(mode, str) and any(c in mode for c in "wax+")
+            writes = writes or bool(isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR))
+            paths = [path] if writes else []
+        elif event in ("os.rename", "os.remove", "os.rmdir", "shutil.rmtree", "os.truncate"):
+            paths = [a for a in args[:2] if isinstance(a, str | Path)]
+        else:
+            return
+        for path in paths:
+            path = Path(path).absolute()
+            if path.is_relative_to(out):
+                touched.append(f"{event} {path.relative_to(out)}")
+
+    sys.addaudithook(audit)
+    joined = parallel.initialize_distributed()
+    cfg = config(train=spec.get("train", {"max_epochs": 2}))
+    seeds = spec.get("seeds", [0, 1])
+    dirs = [out / f"seed-{s}" for s in seeds]
+    results = train_frozen(
+        [_with_seed(cfg, s) for s in seeds],
+        dirs,
+        frozen_data(n_train=136),
+        progress=False,
+        mesh=parallel.data_mesh(),
+    )
+    parallel.barrier("qcxr-multihost-child-end")
+    return {
+        "joined": joined,
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "status": [r.status for r in results],
+        "touched": sorted(set(touched)),
+    }
+
+
+# ------------------------------------------------------------------ preemption (SIGTERM/SIGINT)
+
+
+def signalled_child(spec: dict, tmp_path: Path, signal_name: str) -> tuple[list[dict], str]:
+    """Start preempt_child, wait for it to reach spec["signal_at"], send it a real
+    `signal_name` (by pid); it must end by itself with rc 0. (its printed results, its stderr)"""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import pytest
+
+    spec = {**spec, "marker": str(tmp_path / "marker.json")}
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    code = "import json, sys, test_train_support as s; s.preempt_child(json.loads(sys.argv[1]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not Path(spec["marker"]).exists():
+            if proc.poll() is not None:
+                pytest.fail(f"child ended before the signal point: {proc.stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("child never reached the signal point")
+            time.sleep(0.1)
+        os.kill(proc.pid, getattr(signal, signal_name))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"no result printed: {out[-2000:]} {err[-2000:]}"
+    return json.loads(lines[-1].removeprefix("RESULT ")), err
+
+
+def preempt_child(spec: dict) -> None:
+    """Run in a subprocess: train as `spec` says; at `signal_at` (epoch, position) of the first
+    seed write the marker file and wait (up to 60 s) until a signal has asked training to stop;
+    print the results as one RESULT line."""
+    import dataclasses
+    import json
+    import time
+
+    from qcxr.train import interrupt
+    from qcxr.train.finetune import train_finetune
+    from qcxr.train.frozen import train_frozen
+
+    signal_at = tuple(spec["signal_at"])
+
+    def hook(cfg, epoch, position, ids, aug):
+        if (epoch, position) == signal_at and cfg.train.seed == spec["seeds"][0]:
+            Path(spec["marker"]).write_text(json.dumps([epoch, position]))
+            deadline = time.monotonic() + 60
+            while interrupt.requested() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    if spec["mode"] == "frozen":
+        cfg = config(**spec["sections"])
+        cfgs = [_with_seed(cfg, s) for s in spec["seeds"]]
+        dirs = [Path(spec["out"]) / f"seed-{s}" for s in spec["seeds"]]
+        data = frozen_data(**spec.get("data", {}))
+        results = train_frozen(cfgs, dirs, data, progress=False, on_batch=hook)
+    else:
+        cfg = finetune_config(Path(spec["study"]), Path(spec["cache"]), **spec["sections"])
+        results = [train_finetune(cfg, Path(spec["out"]) / "seed-0", progress=False, on_batch=hook)]
+    rows = [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)} for r in results]
+    print("RESULT " + json.dumps(rows, default=str), flush=True)
+
+
 if __name__ == "__main__":
     import json
 

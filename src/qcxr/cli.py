@@ -20,6 +20,7 @@ SUBSYSTEMS = (
     "qcxr.models.cli",  # model summary
     "qcxr.features_cli",  # features
     "qcxr.train_cli",  # train, run
+    "qcxr.runs_status",  # status
     "qcxr.evaluate.cli",  # evaluate, report, predict
     "qcxr.bench.cli",  # bench quantum, bench table3
     "qcxr.demo",  # demo

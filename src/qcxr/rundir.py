@@ -44,6 +44,7 @@ STATUS = "status.json"
 METRICS = "metrics.json"
 PREDICTIONS_PREFIX = "predictions-"
 LOCK = ".lock"
+PREEMPTED = "preempted"  # status of a run stopped by SIGTERM or SIGINT, its state saved
 HISTORY_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "epoch_time")
 
 # Config keys a resumed run may change (they do not alter what is computed).
@@ -76,6 +77,12 @@ def seed_of(run_dir: str | Path) -> int | None:
 
 def config_run_path(experiment_dir: str | Path, config: Config) -> Path:
     return run_path(experiment_dir, config.task, config.model.head, config.train.seed)
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """Whether a run directory holds a saved step of either kind (latest or best)."""
+    root = Path(run_dir) / CHECKPOINTS
+    return any(p.name.isdigit() for kind in ("latest", "best") for p in root.glob(f"{kind}/*"))
 
 
 def experiment_of(run_dir: str | Path) -> Path:
@@ -133,7 +140,7 @@ def unlock(run_dir: str | Path) -> None:
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
-    status: str  # "finished" or "failed"
+    status: str  # "finished", "failed" or PREEMPTED
     reason: str  # "early_stop", "max_epochs" or the error
     best_epoch: int = 0
     best_val_loss: float = math.nan

@@ -31,6 +31,10 @@ from qcxr.config import (
 )
 from qcxr.rundir import RunResult
 
+# A run stopped by SIGTERM or SIGINT: its state is saved and --resume continues it (sysexits.h's
+# EX_TEMPFAIL, "try again later", which cluster schedulers read as a requeue-able failure).
+EXIT_PREEMPTED = 75
+
 # flag -> dotted config key (value types come from argparse)
 TRAIN_FLAGS = {
     "task": "task",
@@ -90,7 +94,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_train_parser(subparsers)
+    _add_run_parser(subparsers)
 
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="train one model (CDL or DQC head; finetune or frozen mode)",
@@ -109,7 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--mode", choices=MODES)
     train.add_argument("--out", default="runs/default", help="experiment dir (runs/<experiment>)")
     train.add_argument("--run-dir", help="exact run directory (instead of the <out>/... layout)")
-    train.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from checkpoints/latest (after a kill or a preemption: "
+                       f"exit code {EXIT_PREEMPTED})")  # fmt: skip
     train.add_argument("--epochs", type=int, help="maximum epochs (paper: 50)")
     train.add_argument("--patience", type=int, help="early-stopping patience (paper: 5)")
     train.add_argument("--batch-size", type=int)
@@ -127,6 +137,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(train)
     train.set_defaults(func=train_command)
 
+
+def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser(
         "run",
         help="train a grid of runs from a YAML file (skips finished runs, resumes others)",
@@ -138,6 +150,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"grid YAML file, or a bundled config's name ({', '.join(configs.names())})",
     )
     run.add_argument("--out", help="experiment dir (default runs/<experiment>)")
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="train only the I-th of N disjoint slices of the runs (I 0-based: 0/N .. N-1/N), "
+        "e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-(N-1)",
+    )
+    run.add_argument(
+        "--status",
+        action="store_true",
+        help="print where each run of the grid (or of --shard's slice) stands; train nothing",
+    )
     _add_common(run)
     run.set_defaults(func=run_command)
 
@@ -200,22 +223,46 @@ def train_command(args: argparse.Namespace) -> int:
     overrides = merge(_overrides(args, TRAIN_FLAGS), _task_overrides(args, base))
     config = config_lib.from_dict(merge(base, overrides))
     run_dir = Path(args.run_dir) if args.run_dir else rundir.config_run_path(args.out, config)
+    if args.resume and not rundir.has_checkpoints(run_dir):
+        raise ValueError(
+            f"{run_dir}: nothing to resume (no checkpoints there); check --out/--run-dir, "
+            "or leave out --resume to start this run"
+        )
     result = train_run(config, run_dir, resume=args.resume, progress=not args.no_progress)
     write_metrics_after(result)
     _print_results([result], args.json)
-    return 0 if result.status == "finished" else 1
+    return exit_code([result])
 
 
 def run_command(args: argparse.Namespace) -> int:
     from qcxr.train.grid import run_grid
+    from qcxr.train.shard import parse_shard
 
     flags = {k: TRAIN_FLAGS[k] for k in ("study", "features", "cache")}
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    if args.status:
+        from qcxr import runs_status
+
+        rows = runs_status.grid_rows(args.config, args.out, _overrides(args, flags), shard)
+        return runs_status.print_status(rows, args.json)
     results = run_grid(
         args.config,
         args.out,
         overrides=_overrides(args, flags),
         progress=not args.no_progress,
         after_run=write_metrics_after,
+        shard=shard,
     )
     _print_results(results, args.json)
+    return exit_code(results)
+
+
+def exit_code(results: list[RunResult]) -> int:
+    """0 when every run finished; EXIT_PREEMPTED when a signal stopped one (each says, in one
+    line, what it saved and how to resume); 1 when one failed."""
+    preempted = [r for r in results if r.status == rundir.PREEMPTED]
+    for r in preempted:
+        print(r.reason, file=sys.stderr)
+    if preempted:
+        return EXIT_PREEMPTED
     return 0 if all(r.status == "finished" for r in results) else 1

@@ -34,6 +34,7 @@ from qcxr import config as config_lib
 from qcxr import rundir
 from qcxr.config import Config
 from qcxr.rundir import RunError
+from qcxr.train import parallel
 
 KEEP = 2  # steps kept per kind: the newest and the one before it
 KINDS = ("latest", "best")
@@ -80,13 +81,16 @@ class RunCheckpoints:
     def _replace_stale(self, manager: ocp.CheckpointManager, step: int) -> None:
         """Rename steps >= `step` aside (a re-save must overwrite), then remove them."""
         stale = [s for s in manager.all_steps() if s >= step]
+        if not stale:
+            return
         doomed = []
-        for old in stale:
-            target = Path(manager.directory) / f"{REPLACED}{old}-{uuid.uuid4().hex}"
-            (Path(manager.directory) / str(old)).rename(target)
-            doomed.append(target)
-        if stale:
-            manager.reload()
+        if parallel.is_main_process():  # one process renames; the others wait, then rescan
+            for old in stale:
+                target = Path(manager.directory) / f"{REPLACED}{old}-{uuid.uuid4().hex}"
+                (Path(manager.directory) / str(old)).rename(target)
+                doomed.append(target)
+        parallel.barrier(f"qcxr-replaced-{step}")
+        manager.reload()
         _remove_in_background(doomed)
 
     def _save(self, manager: ocp.CheckpointManager, step: int, tree: Any, meta: dict) -> None:
@@ -146,7 +150,9 @@ class RunCheckpoints:
     def _set_aside(self, manager: ocp.CheckpointManager, step: int, err: Exception) -> str:
         stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
         target = Path(manager.directory) / f"{BROKEN}{step}-{stamp}"
-        (Path(manager.directory) / str(step)).rename(target)
+        if parallel.is_main_process():
+            (Path(manager.directory) / str(step)).rename(target)
+        parallel.barrier(f"qcxr-broken-{step}")
         manager.reload()
         print(
             f"warning: {target.parent}: step {step} does not read back "
@@ -163,7 +169,9 @@ class RunCheckpoints:
         self._best.close()
         stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
         target = best.with_name(f"best-{why}-{stamp}")
-        best.rename(target)
+        if parallel.is_main_process():
+            best.rename(target)
+        parallel.barrier("qcxr-best-aside")
         self._best = _manager(best, self.keep)
         return target
 

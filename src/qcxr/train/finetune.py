@@ -20,7 +20,7 @@ from qcxr.config import Config
 from qcxr.data.augment import augment_key
 from qcxr.data.loader import Loader
 from qcxr.rundir import RunResult
-from qcxr.train import parallel
+from qcxr.train import interrupt, parallel
 from qcxr.train.data import ImageData, load_image_data
 from qcxr.train.model import Model, init_variables
 from qcxr.train.runbook import BatchHook, NonFiniteLossError, RunBook, TestPredictions
@@ -101,7 +101,7 @@ class FinetuneTrainer(Trainer):
             parts = []
             for size, images, _, _ in self.ordered(dataset):
                 logits = self.logits(variables, parallel.shard(images, self.rows))
-                parts.append(np.asarray(jax.nn.sigmoid(logits))[:size])
+                parts.append(parallel.to_host(jax.nn.sigmoid(logits))[:size])
             probs = np.concatenate(parts)
             out[name] = (list(dataset.ids), probs, dataset.labels, list(dataset.label_names))
         return out
@@ -118,6 +118,9 @@ class FinetuneTrainer(Trainer):
     def train(self, book: RunBook, hook: BatchHook | None) -> None:
         state = self.initial_state(book)
         try:
+            if interrupt.requested():
+                book.preempt(None, interrupt.requested())
+                return
             while not book.training_done:
                 state, stopped = self.train_epoch(book, state, hook)
                 if stopped:
@@ -137,6 +140,10 @@ class FinetuneTrainer(Trainer):
             state, value = self.train_batch(book, state, batch, hook)
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
+            if interrupt.requested():  # checked after every step
+                bar.close()
+                book.preempt(state, interrupt.requested())
+                return state, True
         bar.close()
         val = self.val_loss(variables_of(state))
         return state, self.end_epoch(book, val, time.perf_counter() - began, state)
@@ -166,7 +173,15 @@ def train_finetune(
     on_batch: BatchHook | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> RunResult:
-    """Train ResNet50 (or the test backbone) + head end to end on images (Sec. III-F)."""
+    """Train ResNet50 (or the test backbone) + head end to end on images (Sec. III-F).
+
+    SIGTERM/SIGINT stop it after the current step: the latest checkpoint is saved there and the
+    result says "preempted" (qcxr.train.interrupt)."""
+    with interrupt.handling():
+        return _train_finetune(config, run_dir, data, resume, progress, on_batch, mesh)
+
+
+def _train_finetune(config, run_dir, data, resume, progress, on_batch, mesh) -> RunResult:
     if data is None:
         cache = config.data.cache or str(rundir.experiment_of(run_dir) / "cache")
         data = load_image_data(config, cache, progress)

@@ -21,7 +21,7 @@ from qcxr import config as config_lib
 from qcxr.config import Config
 from qcxr.data.loader import epoch_order
 from qcxr.rundir import RunResult
-from qcxr.train import parallel
+from qcxr.train import interrupt, parallel
 from qcxr.train.data import FrozenData, load_frozen_data, save_feature_norm
 from qcxr.train.model import Model, init_variables
 from qcxr.train.runbook import BatchHook, NonFiniteLossError, RunBook, TestPredictions
@@ -153,7 +153,12 @@ class FrozenTrainer(Trainer):
         return (np.stack(index, 1), np.stack(weight, 1), np.stack(view, 1))
 
     def train(self, books: list[RunBook], hook: BatchHook | None) -> None:
-        """Train runs that stand at the same (epoch, position) together until each stops."""
+        """Train runs that stand at the same (epoch, position) together until each stops (or a
+        signal stops them: see qcxr.train.interrupt)."""
+        if interrupt.requested():
+            for book in books:
+                book.preempt(None, interrupt.requested())
+            return
         state = parallel.replicate(self.initial_states(books), self.mesh)
         active = list(books)
         label = f"{books[0].config.task}/{books[0].config.model.head} seeds "
@@ -168,6 +173,10 @@ class FrozenTrainer(Trainer):
         bar = self.epoch_bar(label, epoch, position)
         for start, end in chunks(position, self.steps_per_epoch, self.chunk_steps):
             active, state, losses = self.train_chunk(active, state, epoch, (start, end), hook)
+            if active and interrupt.requested():  # checked between chunks: at most one waits
+                for book, single in zip(active, unstack(state, len(active)), strict=True):
+                    book.preempt(single, interrupt.requested())
+                active = []
             if not active:
                 bar.close()
                 return active, state
@@ -243,7 +252,7 @@ class FrozenTrainer(Trainer):
         for name, split in self.data.tests.items():
             index, _ = padded_batches(np.arange(len(split.ids)), width, width)
             features = parallel.shard(split.inputs, parallel.replicated(self.mesh))
-            probs = np.asarray(self.predict(variables, features, parallel.shard(index, rows)))
+            probs = parallel.to_host(self.predict(variables, features, parallel.shard(index, rows)))
             probs = probs.reshape(-1, probs.shape[-1])[: len(split.ids)]
             out[name] = (split.ids, probs, split.labels, split.label_names)
         return out
@@ -283,7 +292,15 @@ def train_frozen(
     on_batch: BatchHook | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> list[RunResult]:
-    """Train heads on frozen features, one run per config (seeds of one cell), vmapped together."""
+    """Train heads on frozen features, one run per config (seeds of one cell), vmapped together.
+
+    SIGTERM/SIGINT stop it at the end of the current chunk: the runs' latest checkpoints are
+    saved there and their results say "preempted" (qcxr.train.interrupt)."""
+    with interrupt.handling():
+        return _train_frozen(configs, run_dirs, data, resume, progress, on_batch, mesh)
+
+
+def _train_frozen(configs, run_dirs, data, resume, progress, on_batch, mesh) -> list[RunResult]:
     same_cell(configs)
     data = data or load_frozen_data(configs[0])
     trainer = FrozenTrainer(configs[0], data, mesh or parallel.data_mesh(), progress)
@@ -298,6 +315,6 @@ def train_frozen(
     for group in groups.values():
         trainer.train(group, on_batch)
     for book in books:
-        if data.norm is not None:
+        if data.norm is not None and parallel.is_main_process():
             save_feature_norm(book.run_dir, data.norm)
     return [trainer.conclude(book) for book in books]

@@ -37,6 +37,7 @@ from qcxr import config as config_lib
 from qcxr import configs, rundir
 from qcxr.config import Config, ConfigError
 from qcxr.rundir import RunResult
+from qcxr.train import interrupt
 
 CELL_AXES = ("task", "model.head")  # these name directories inside an experiment
 SEED_AXIS = "train.seed"
@@ -191,11 +192,13 @@ def run_grid(
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
     after_run: AfterRun | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[RunResult]:
     """Train every run of a grid (skipping finished ones, resuming the others); their results.
 
     `out_dir` is the experiment directory (default runs/<experiment>); `overrides` are nested
-    config settings applied over the file's (e.g. {"data": {"features": "..."}}).
+    config settings applied over the file's (e.g. {"data": {"features": "..."}}); `shard`
+    (I, N) trains only the I-th of N disjoint slices of the runs (train.shard.shard_of).
     """
     from qcxr.train import parallel
 
@@ -204,14 +207,27 @@ def run_grid(
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / grid.experiment
     data = CellData(progress)
     results: list[RunResult] = []
-    for cell in cells(grid, out_dir, overrides):
-        done, todo = finished_runs(cell)
-        for result in done + train_cell(cell, todo, data, progress):
-            if after_run is not None:
-                after_run(result)
-            results.append(result)
+    grid_cells = cells(grid, out_dir, overrides)
+    if shard is not None:
+        from qcxr.train.shard import shard_of
+
+        grid_cells = shard_of(grid_cells, *shard)
+    with interrupt.handling():  # one signal stops the grid, not only the run it lands in
+        for cell in grid_cells:
+            done, todo = finished_runs(cell)
+            for result in done + train_cell(cell, todo, data, progress):
+                if after_run is not None:
+                    after_run(result)
+                results.append(result)
+            if interrupt.requested():
+                print(
+                    f"stopped by {interrupt.requested()}: runs not yet trained are left for the "
+                    "next `qcxr run`",
+                    file=sys.stderr,
+                )
+                break
     for r in results:
-        if r.status != "finished":
+        if r.status not in ("finished", rundir.PREEMPTED):
             print(f"FAILED {r.run_dir}: {r.reason}", file=sys.stderr)
     return results
 
@@ -272,4 +288,9 @@ def train_cell(
     from qcxr.train.finetune import train_finetune
 
     images = data.images(first, first.data.cache or str(cell.experiment_dir / "cache"))
-    return [train_finetune(c, d, images, resume=True, progress=progress) for c, d in todo]
+    results = []
+    for config, run_dir in todo:
+        if interrupt.requested():
+            break
+        results.append(train_finetune(config, run_dir, images, resume=True, progress=progress))
+    return results

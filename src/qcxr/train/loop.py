@@ -10,6 +10,8 @@ position), so it computes what the uninterrupted run would have.
 - qcxr.train.finetune: backbone + head on images
 - qcxr.train.trainer:  what the two share (compiled functions, epoch and run ends)
 - qcxr.train.runbook:  what one run records while it trains
+- qcxr.train.interrupt: SIGTERM/SIGINT stop training at a step boundary, latest checkpoint
+  saved there, status "preempted"; `interrupt.requested()` tells a caller to stop too
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def train_run(
     progress: bool = True,
     on_batch: BatchHook | None = None,
 ) -> RunResult:
-    """One run in its directory: finetune or frozen mode as the config says."""
+    """One run in its directory: finetune or frozen mode as the config says. Its status is
+    "finished", "failed" or "preempted" (stopped by SIGTERM/SIGINT; `--resume` continues it)."""
     parallel.initialize_distributed()
     if config.train.mode == "frozen":
         from qcxr.train.frozen import train_frozen

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,8 +51,10 @@ class RunBook:
         self.run_dir = Path(run_dir)
         self.steps_per_epoch = steps_per_epoch
         self.checkpoints_every = config.train.checkpoint_every
-        if parallel.is_main_process():
+        main = parallel.is_main_process()
+        if main:
             rundir.lock(self.run_dir)  # first: nothing of the run is touched by a second process
+        parallel.barrier("qcxr-run-locked")  # the other processes wait until process 0 has it
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = RunCheckpoints(self.run_dir, keep=config.train.keep_checkpoints)
         if self.checkpoints.has_any() and not resume:
@@ -62,16 +65,20 @@ class RunBook:
         meta = self.checkpoints.intact_latest_meta() if resume else None
         if resume and meta is None:
             self._start_over()
-        rundir.write_config(self.run_dir, config, resume)
-        self.history = History(self.run_dir / rundir.HISTORY)
+        if main:
+            rundir.write_config(self.run_dir, config, resume)
+        # Only process 0 writes the run's files; the others keep the same book, writing nowhere.
+        self.history = History(self.run_dir / rundir.HISTORY if main else Path(os.devnull))
         self.stopping = EarlyStopping(config.train.patience, config.train.max_epochs)
         self.epoch, self.position, self.step = 0, 0, 0
         self.loss_sum, self.loss_count = 0.0, 0
+        self.saved_step: int | None = None  # step of the latest checkpoint this book saved
         self.resumed = meta is not None
         if meta is not None:
             self._continue_from(meta)
         self.history.start(self.step if self.resumed else None)
-        rundir.clear_results(self.run_dir)
+        if main:
+            rundir.clear_results(self.run_dir)
 
     def _start_over(self) -> None:
         """A resume without a latest checkpoint trains from the start; an orphaned best
@@ -132,6 +139,29 @@ class RunBook:
     def save_latest(self, state: TrainState) -> None:
         self.history.flush()  # rows first: a resume cuts rows beyond the checkpoint's step
         self._checkpoint(self.checkpoints.save_latest, self.step, state, self.meta())
+        self.saved_step = self.step
+
+    def preempt(self, state: TrainState | None, signal_name: str) -> None:
+        """Stop here for a signal: the latest checkpoint at this exact position (unless it is
+        already saved), then status "preempted" with one line saying what was kept and how to
+        resume. `state` None: the run has not trained in this process (its latest checkpoint,
+        if any, is where it stands)."""
+        if state is not None and self.saved_step != self.step:
+            self.save_latest(state)
+        latest = self.checkpoints.latest_meta() if self.step or self.resumed else None
+        if latest is None:
+            kept = "nothing trained yet, no checkpoint saved"
+        else:
+            kept = (
+                f"checkpoint saved at step {latest['step']} (epoch {latest['epoch'] + 1}, "
+                f"batch {latest['position']} of {self.steps_per_epoch})"
+            )
+        message = (
+            f"{self.run_dir}: stopped by {signal_name}; {kept}. Resume with: qcxr train "
+            f"--config {self.run_dir / rundir.CONFIG} --run-dir {self.run_dir} --resume "
+            "(or run the same `qcxr run` grid again)"
+        )
+        self.write_status({"status": "preempted", "reason": signal_name, "message": message})
 
     def _checkpoint(self, save, step: int, tree: Any, meta: dict[str, Any]) -> None:
         """A save; one that fails marks the run failed (with what was kept) and stops it."""

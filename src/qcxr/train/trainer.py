@@ -20,6 +20,7 @@ from qcxr import config as config_lib
 from qcxr import rundir
 from qcxr.config import Config
 from qcxr.rundir import RunResult
+from qcxr.train import parallel
 from qcxr.train.data import label_frequency, train_counts
 from qcxr.train.losses import elementwise_loss
 from qcxr.train.model import Model, build_model, resolved_backend
@@ -96,6 +97,8 @@ class Trainer:
         return RunBook(config, run_dir, resume=resume, steps_per_epoch=self.steps_per_epoch)
 
     def record_versions(self, book: RunBook, weights: str) -> None:
+        if not parallel.is_main_process():
+            return
         write_versions(
             book.run_dir,
             label_checksums=self.data.checksums(),
