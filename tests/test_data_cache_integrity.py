@@ -329,8 +329,12 @@ def test_damaged_database_is_one_line_and_the_offered_rebuild_works(tmp_path, ho
     aside = Path(summary["moved_to"][0])
     assert aside.name.startswith("cache.db.damaged-") and aside.read_bytes() == damaged
     kept = summary["entries_kept"]
-    if how == "truncated":  # the rows still readable, each checked, are kept
-        assert summary["preprocessing_recovered"] and 0 < kept < 40
+    if how == "truncated":
+        # The rows still readable, each checked, are kept. Which rows the first half of the
+        # file holds depends on when SQLite last moved its write-ahead log into it (the build's
+        # reader threads hold connections), so the settings row may be among the lost ones:
+        # then nothing is kept and the build starts a new database.
+        assert 0 <= kept < 40 and (summary["preprocessing_recovered"] or kept == 0)
     else:  # nothing readable: nothing kept, and the build starts a new database
         assert not summary["preprocessing_recovered"] and kept == 0
     assert data_cli([*build, "--json"]) == 0
