@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from qcxr.versions import package_versions
+
 
 def tree_bytes(root: Path) -> int:
     total = 0
@@ -124,7 +126,12 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M")
     lines = [
         f"## {stamp}, {platform.node()} ({os.cpu_count()} CPUs), Python "
-        f"{platform.python_version()}",
+        f"{platform.python_version()}, "
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in package_versions(["jax", "orbax-checkpoint"]).items()
+            if k != "python"
+        ),  # fmt: skip
         "",
         f"One frozen CDL run, {args.epochs} epochs x 10 batches, latest every 2 batches "
         "(5 saves per epoch), sizes of <run>/checkpoints sampled every 50 ms.",
