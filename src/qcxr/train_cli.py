@@ -157,6 +157,24 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         "e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-(N-1)",
     )
     run.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: train the runs one after another in this process (default); ray: each "
+        "frozen-mode cell or finetune run is a Ray task (needs qcxr[cluster])",
+    )
+    run.add_argument(
+        "--address",
+        help="with --engine ray: the Ray cluster to join (e.g. auto, or HEAD:6379); default: "
+        "start a Ray instance on this machine",
+    )
+    run.add_argument(
+        "--num-cpus",
+        type=int,
+        help="with --engine ray and no --address: CPU slots of the local Ray instance "
+        "(default: all of this machine's)",
+    )
+    run.add_argument(
         "--status",
         action="store_true",
         help="print where each run of the grid (or of --shard's slice) stands; train nothing",
@@ -245,14 +263,22 @@ def run_command(args: argparse.Namespace) -> int:
 
         rows = runs_status.grid_rows(args.config, args.out, _overrides(args, flags), shard)
         return runs_status.print_status(rows, args.json)
-    results = run_grid(
-        args.config,
-        args.out,
+    if args.engine == "local" and (args.address or args.num_cpus):
+        raise ValueError("--address and --num-cpus go with --engine ray")
+    common = dict(
         overrides=_overrides(args, flags),
         progress=not args.no_progress,
         after_run=write_metrics_after,
         shard=shard,
     )
+    if args.engine == "ray":
+        from qcxr.train.ray_engine import run_grid_ray
+
+        results = run_grid_ray(
+            args.config, args.out, address=args.address, num_cpus=args.num_cpus, **common
+        )
+    else:
+        results = run_grid(args.config, args.out, **common)
     _print_results(results, args.json)
     return exit_code(results)
 

@@ -17,6 +17,9 @@ name of an explicit list given at the top level (configs/labels45.yaml):
   task: my45
   labels: [Atelectasis, Cardiomegaly, ...]
 
+With `qcxr run --engine ray` (train/ray_engine.py) each Ray task asks what the top-level
+`resources: {cpus: N, gpus: M}` says (defaults: 1 CPU, no GPU).
+
 A grid run skips finished runs (status.json) and resumes unfinished ones from their latest
 checkpoint. In frozen mode the seeds of one cell train together (vmap).
 """
@@ -48,6 +51,40 @@ class Grid:
     experiment: str
     base: dict[str, Any]  # config overrides (nested), applied over the paper defaults
     axes: dict[str, list[Any]] = field(default_factory=dict)
+    # what one Ray task (a frozen-mode cell, or one finetune run) asks of a node: {cpus, gpus}
+    resources: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+
+
+DEFAULT_RESOURCES = {"cpus": 1, "gpus": 0}
+
+
+def _resources(value: Any, where: str) -> dict[str, float]:
+    """The grid file's `resources:` ({cpus: N, gpus: M}, both optional) with the defaults."""
+    if value is None:
+        return dict(DEFAULT_RESOURCES)
+    if not isinstance(value, dict):
+        raise ConfigError(
+            [f"resources: expected a mapping {{cpus: N, gpus: M}}, got {value!r}"], where
+        )
+    problems = [
+        f"resources.{k}: unknown key (known: cpus, gpus)"
+        for k in value
+        if k not in DEFAULT_RESOURCES
+    ]
+    out = dict(DEFAULT_RESOURCES)
+    for key in DEFAULT_RESOURCES:
+        if key not in value:
+            continue
+        v = value[key]
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or v < 0 or (key == "cpus" and v == 0):
+            need = "a number > 0" if key == "cpus" else "a number >= 0"
+            problems.append(f"resources.{key}: {v!r} is not {need}")
+        else:
+            out[key] = v
+    if problems:
+        raise ConfigError(problems, where)
+    return out
 
 
 def read_grid(source: str | Path | dict[str, Any]) -> Grid:
@@ -69,7 +106,8 @@ def read_grid(source: str | Path | dict[str, Any]) -> Grid:
     if not isinstance(axes, dict):
         raise ValueError(f"{where}: 'grid' must map dotted config keys to lists")
     axes = {k: (v if isinstance(v, list) else [v]) for k, v in axes.items()}
-    grid = Grid(experiment, data, axes)
+    resources = _resources(data.pop("resources", None), where)
+    grid = Grid(experiment, data, axes, resources)
     try:
         _cell_configs(grid)
     except ConfigError as err:
@@ -203,15 +241,9 @@ def run_grid(
     from qcxr.train import parallel
 
     parallel.initialize_distributed()
-    grid = read_grid(config_or_path)
-    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / grid.experiment
+    _, _, grid_cells = planned_cells(config_or_path, out_dir, overrides, shard)
     data = CellData(progress)
     results: list[RunResult] = []
-    grid_cells = cells(grid, out_dir, overrides)
-    if shard is not None:
-        from qcxr.train.shard import shard_of
-
-        grid_cells = shard_of(grid_cells, *shard)
     with interrupt.handling():  # one signal stops the grid, not only the run it lands in
         for cell in grid_cells:
             done, todo = finished_runs(cell)
@@ -230,6 +262,23 @@ def run_grid(
         if r.status not in ("finished", rundir.PREEMPTED):
             print(f"FAILED {r.run_dir}: {r.reason}", file=sys.stderr)
     return results
+
+
+def planned_cells(
+    config_or_path: str | Path | dict[str, Any],
+    out_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    shard: tuple[int, int] | None = None,
+) -> tuple[Grid, Path, list[Cell]]:
+    """(the grid, its experiment directory, the cells to train: all, or --shard's slice)."""
+    grid = read_grid(config_or_path)
+    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / grid.experiment
+    grid_cells = cells(grid, out_dir, overrides)
+    if shard is not None:
+        from qcxr.train.shard import shard_of
+
+        grid_cells = shard_of(grid_cells, *shard)
+    return grid, out_dir, grid_cells
 
 
 def finished_runs(cell: Cell) -> tuple[list[RunResult], list[tuple[Config, Path]]]:
