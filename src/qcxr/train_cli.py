@@ -202,10 +202,26 @@ def _result_row(result: RunResult) -> dict[str, Any]:
     return row
 
 
+def learned_nothing_lines(results: list[RunResult]) -> list[str]:
+    """ "<run>: finished, but the model learned nothing: ..." for each finished run whose
+    metrics.json diagnosis says so (qcxr.evaluate.diagnosis)."""
+    from qcxr.evaluate.diagnosis import message, read_diagnosis
+
+    lines = []
+    for result in results:
+        said = message(read_diagnosis(result.run_dir)) if result.status == "finished" else None
+        if said:
+            lines.append(f"{result.run_dir}: finished, but {said}")
+    return lines
+
+
 def _print_results(results: list[RunResult], as_json: bool) -> None:
     rows = [_result_row(r) for r in results]
+    warnings = learned_nothing_lines(results)
     if as_json:
         print(json.dumps(rows, indent=2))
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
         return
     print(f"{'run':60s} {'status':9s} {'reason':11s} {'best epoch':>10s} {'best val':>9s}")
     for row in rows:
@@ -216,6 +232,8 @@ def _print_results(results: list[RunResult], as_json: bool) -> None:
             f"{row['run_dir']:60s} {row['status']:9s} {reason:11s} {row['best_epoch']:>10d} "
             f"{shown:>9s}"
         )
+    for line in warnings:  # the last lines: a finished run is not always a success
+        print(line)
 
 
 def write_metrics_after(result: RunResult) -> None:

@@ -122,6 +122,7 @@ def _metric_rows(run_dir: str, result: dict[str, Any]) -> list[dict[str, Any]]:
 def evaluate_cmd(args: argparse.Namespace) -> int:
     import warnings
 
+    from qcxr.evaluate.diagnosis import message
     from qcxr.evaluate.metrics import (
         SingleClassWarning,
         jsonable,
@@ -146,6 +147,10 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         _print_table(rows)
         for run_dir in args.run_dirs:
             print(f"wrote {Path(run_dir) / rundir.METRICS}")
+    for run_dir, result in results.items():  # last: a model that learned nothing is no success
+        said = message(result.get("diagnosis"))
+        if said:
+            print(f"warning: {run_dir}: {said}", file=sys.stderr)
     return 0
 
 
@@ -170,6 +175,12 @@ def report_cmd(args: argparse.Namespace) -> int:
         return 0
     if index["random_weights"]:
         print("WARNING: some runs used RANDOM backbone weights (not pretrained); see the report.")
+    if index.get("learned_nothing"):
+        print(
+            "WARNING: the model learned nothing in "
+            + ", ".join(index["learned_nothing"])
+            + "; see the report."
+        )
     _print_table(index["summary"])
     for note in index["notes"]:
         print(f"note: {note}", file=sys.stderr)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from qcxr import rundir
 from qcxr.config import Config, EvalConfig
+from qcxr.evaluate.diagnosis import diagnose_run
 from qcxr.evaluate.predictions import checked_predictions
 from qcxr.labels import PAPER_TRAIN_COUNTS, canonical
 
@@ -291,7 +292,8 @@ def write_metrics(
     """Compute metrics for every predictions file of a run and write <run_dir>/metrics.json.
 
     Every file is checked first (`metrics_for`): a bad one is an error naming it, and nothing
-    is written. `config`: the evaluation settings (F1 threshold, head/medium/tail boundaries); None: the
+    is written. "diagnosis" says whether the model learned anything (qcxr.evaluate.diagnosis).
+    `config`: the evaluation settings (F1 threshold, head/medium/tail boundaries); None: the
     `eval:` section of the run's config.yaml, or the paper's defaults without one. The result
     records them under "eval", with their source.
     """
@@ -325,6 +327,7 @@ def write_metrics(
             for f in files
         },
     }
+    result["diagnosis"] = diagnose_run(run_dir, result, settings)  # did it learn anything?
     rundir.write_json(run_dir / rundir.METRICS, jsonable(result))
     return result
 

@@ -37,6 +37,7 @@ from qcxr import rundir
 from qcxr.config import EvalConfig
 from qcxr.evaluate import plots as P
 from qcxr.evaluate import stats as S
+from qcxr.evaluate.diagnosis import diagnose_run, message
 from qcxr.evaluate.predictions import read_predictions
 from qcxr.evaluate.runs import (
     ReportSettings,
@@ -191,6 +192,7 @@ def _html(
             f"({html.escape(names)}). These numbers say nothing about ImageNet transfer "
             "learning and are not comparable with the paper.</div>"
         )
+    parts += _learned_nothing_html(runs)
     for note in notes:
         parts.append(f"<p class='meta'>{html.escape(note)}</p>")
     parts.append("<h2>Summary: mean AUROC, CDL vs DQC</h2>")
@@ -216,6 +218,36 @@ def _html(
     )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def learned_nothing(runs: list[Run]) -> dict[str, str]:
+    """Run name -> the "learned nothing" line, for each run whose diagnosis says so (metrics.json's,
+    or computed here for a metrics.json written before diagnoses were)."""
+    out = {}
+    for run in runs:
+        if not run.metrics:
+            continue
+        diagnosis = run.metrics.get("diagnosis")
+        if diagnosis is None:
+            diagnosis = diagnose_run(run.path, run.metrics, run.config)
+        said = message(diagnosis)
+        if said:
+            out[run.name] = said
+    return out
+
+
+def _learned_nothing_html(runs: list[Run]) -> list[str]:
+    found = learned_nothing(runs)
+    if not found:
+        return []
+    items = "".join(
+        f"<li><b>{html.escape(name)}</b>: {html.escape(said)}</li>" for name, said in found.items()
+    )
+    return [
+        "<div class='banner' id='learned-nothing'>WARNING: in "
+        f"{len(found)} of {len(runs)} runs the model learned nothing; their numbers are not "
+        f"results.<ul>{items}</ul></div>"
+    ]
 
 
 def _titles(settings: EvalConfig) -> dict[str, str]:
@@ -361,6 +393,7 @@ def write_report(
         "summary": _clean(S.summary_table(compared)),
         "runs": len(runs),
         "random_weights": any(random_weights(r) for r in runs),
+        "learned_nothing": sorted(learned_nothing(runs)),
         "notes": notes,
     }
 
