@@ -98,15 +98,27 @@ def finetune_config(study: Path, cache: Path, **sections):
     return from_dict(merge(base, sections))
 
 
+def wait_for_marker(proc, marker: Path, what: str, timeout: float = 240) -> None:
+    """Wait until a child process writes `marker`; fail the test if it ends or times out."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"child ended before {what}: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"child never reached {what}")
+        time.sleep(0.1)
+
+
 def killed_child(spec: dict, tmp_path: Path) -> dict:
     """Start the child, wait for it to reach spec["kill_at"], SIGKILL it."""
     import json
     import os
     import signal
     import subprocess
-    import time
-
-    import pytest
 
     spec = {**spec, "marker": str(tmp_path / "marker.json")}
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
@@ -117,14 +129,8 @@ def killed_child(spec: dict, tmp_path: Path) -> dict:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 240
     try:
-        while not Path(spec["marker"]).exists():
-            if proc.poll() is not None:
-                pytest.fail(f"child ended before the kill point: {proc.stderr.read()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("child never reached the kill point")
-            time.sleep(0.2)
+        wait_for_marker(proc, Path(spec["marker"]), "the kill point")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -312,9 +318,6 @@ def signalled_child(spec: dict, tmp_path: Path, signal_name: str) -> tuple[list[
     import os
     import signal
     import subprocess
-    import time
-
-    import pytest
 
     spec = {**spec, "marker": str(tmp_path / "marker.json")}
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
@@ -326,14 +329,8 @@ def signalled_child(spec: dict, tmp_path: Path, signal_name: str) -> tuple[list[
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 240
     try:
-        while not Path(spec["marker"]).exists():
-            if proc.poll() is not None:
-                pytest.fail(f"child ended before the signal point: {proc.stderr.read()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("child never reached the signal point")
-            time.sleep(0.1)
+        wait_for_marker(proc, Path(spec["marker"]), "the signal point")
         os.kill(proc.pid, getattr(signal, signal_name))
         out, err = proc.communicate(timeout=120)
     finally:
