@@ -239,7 +239,6 @@ class RunBook:
                 "steps": self.step,
             }
         )
-        self.close()
         return result
 
     def close(self) -> None:

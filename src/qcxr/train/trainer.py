@@ -124,11 +124,10 @@ class Trainer:
     def conclude(self, book: RunBook) -> RunResult:
         """A run that failed keeps its status; a trained one gets its best model's predictions
         on every test set, its train counts and status.json."""
-        failed = rundir.result_of(book.run_dir)
-        if failed is not None:
-            book.close()
-            return failed
         try:
+            failed = rundir.result_of(book.run_dir)
+            if failed is not None:
+                return failed
             variables, _ = book.checkpoints.restore_best()
             counts = train_counts(self.data.train.labels, list(self.data.train.label_names))
             return book.finish(self.test_predictions(variables), counts)
