@@ -21,7 +21,8 @@ SUBSYSTEMS = (
     "qcxr.features_cli",  # features
     "qcxr.train_cli",  # train, run
     "qcxr.runs_status",  # status
-    "qcxr.evaluate.cli",  # evaluate, report, predict
+    "qcxr.evaluate.cli",  # evaluate, report
+    "qcxr.evaluate.predict_cli",  # predict
     "qcxr.bench.cli",  # bench quantum, bench table3
     "qcxr.demo",  # demo
 )

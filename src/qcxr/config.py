@@ -36,6 +36,12 @@ Loss = Literal["bce", "weighted_bce", "focal", "asl"]  # qcxr.train.losses.LOSSE
 Schedule = Literal["constant", "cosine", "warmup_cosine"]  # qcxr.train.state.SCHEDULES
 Optimizer = Literal["adam", "adamw", "sgd"]  # qcxr.train.state.OPTIMIZERS
 Resample = Literal["bicubic", "bilinear"]  # what qcxr.data.preprocess resizes with
+# How a study's label files are laid out (qcxr.data.study): the NIH-CXR-LT study layout (nih/ and
+# mimic/), the same layout training on its MIMIC-CXR-LT files, the CheXpert CSVs, or any table.
+Format = Literal["nih-cxr-lt", "mimic-cxr-lt", "chexpert", "table"]
+Uncertain = Literal["ignore", "zeros", "ones"]  # what a -1 label becomes (qcxr.data.tables)
+Missing = Literal["ignore", "zeros"]  # what a blank label becomes
+Tracking = Literal["tensorboard", "mlflow", "none"]  # qcxr.train.tracking
 
 HEADS: tuple[str, ...] = typing.get_args(Head)  # model.head
 MODES: tuple[str, ...] = typing.get_args(Mode)  # train.mode
@@ -48,6 +54,10 @@ LOSSES: tuple[str, ...] = typing.get_args(Loss)  # train.loss
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)  # train.schedule
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)  # train.optimizer
 RESAMPLES: tuple[str, ...] = typing.get_args(Resample)  # data.resample
+FORMATS: tuple[str, ...] = typing.get_args(Format)  # data.format
+UNCERTAIN: tuple[str, ...] = typing.get_args(Uncertain)  # data.uncertain
+MISSING: tuple[str, ...] = typing.get_args(Missing)  # data.missing
+TRACKING: tuple[str, ...] = typing.get_args(Tracking)  # train.tracking
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,26 @@ class DataConfig:
     # "nih" (nih/ label files), "mimic" (the study's CXR-LT 2023 MIMIC train/val files, for
     # labels NIH lacks) or "auto": nih when its files carry every task label, else mimic.
     source: Source = "auto"
+    # Beyond the paper: a researcher's own data (qcxr.data.study, qcxr.data.tables). "nih-cxr-lt"
+    # reads data.study (the layout above); "mimic-cxr-lt" is that layout trained on its MIMIC
+    # files (data.source mimic); "chexpert" and "table" read label tables: data.csv (one file,
+    # or {train, val, test} files) with image paths relative to data.images.
+    format: Format = "nih-cxr-lt"
+    csv: str | dict[Literal["train", "val", "test"], str] = ""
+    images: str = ""  # image root the path column is relative to
+    path_column: str = ""  # "" = the format's: table "path", chexpert "Path"
+    patient_column: str = ""  # "" = table: none (one image per patient); chexpert: from Path
+    split_column: str = ""  # values train/val/test; "" = one file per split, or patient splits
+    view_column: str = ""  # "" = table: none; chexpert "Frontal/Lateral"
+    frontal_only: Bool = True  # keep frontal views (PA, AP, Frontal) when there is a view column
+    # Labels other than 0/1: -1 (uncertain, CheXpert's U) and blank (not mentioned). "ignore"
+    # leaves the entry out of the loss and of every metric (NaN); the others replace it.
+    uncertain: Uncertain = "ignore"
+    missing: Missing = "ignore"
+    # Patient splits of a table without a split column: seeded, no patient in two splits; the
+    # split of every image is written to the run directory (splits.csv).
+    split_fractions: tuple[Probability, Probability, Probability] = (0.7, 0.1, 0.2)
+    split_seed: AtLeast0 = 0
 
 
 @dataclass(frozen=True)
@@ -183,6 +213,9 @@ class TrainConfig:
     # Frozen mode: the study's external test set must have its feature store; false trains
     # without it, with a note (train/data.load_frozen_data).
     require_external_test: Bool = True
+    # Beyond the paper: every run writes TensorBoard event files (<run>/tensorboard/); "mlflow"
+    # logs the same to MLflow too (MLFLOW_TRACKING_URI, else a local store); "none" neither.
+    tracking: Tracking = "tensorboard"
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,15 @@ def _relation_problems(config: Config, bad: set[str]) -> list[str]:
     for key in DISTINCT:
         if key not in bad and len(set(get(key))) < len(get(key)):
             found.append(f"{key}: {list(get(key))!r} repeats a value")
+    data = config.data
+    if not bad & {"data.format", "data.source"} and data.format == "mimic-cxr-lt":
+        if data.source == "nih":
+            found.append("data.source: 'nih' contradicts data.format 'mimic-cxr-lt' (use mimic)")
+    fractions = data.split_fractions
+    if "data.split_fractions" not in bad and abs(sum(fractions) - 1) > 1e-6:
+        found.append(f"data.split_fractions: {list(fractions)!r} must add up to 1 (train, val, test)")
+    if "data.split_fractions" not in bad and min(fractions) <= 0:
+        found.append(f"data.split_fractions: {list(fractions)!r}: each split needs a share > 0")
     return found
 
 
@@ -175,7 +184,13 @@ def _allowed(kind: Any, plural: bool = False) -> str:
         choices = []
         for option in typing.get_args(base):
             option = _base(option)
-            choices += typing.get_args(option) if option is not bool else ["true", "false"]
+            if option is str:
+                choices.append("a string")
+            elif typing.get_origin(option) is dict:
+                keys = typing.get_args(typing.get_args(option)[0])
+                choices.append(f"a mapping of {'/'.join(keys)} to strings")
+            else:
+                choices += typing.get_args(option) if option is not bool else ["true", "false"]
         return f"one of {', '.join(map(str, dict.fromkeys(choices)))}"
     if typing.get_origin(base) is tuple:
         items = typing.get_args(base)

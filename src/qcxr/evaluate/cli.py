@@ -1,4 +1,4 @@
-"""`qcxr evaluate`, `qcxr report` and `qcxr predict`."""
+"""`qcxr evaluate` and `qcxr report`."""
 
 from __future__ import annotations
 
@@ -54,17 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recompute", action="store_true", help="recompute every metrics.json")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=report_cmd)
-
-    p = subparsers.add_parser(
-        "predict",
-        help="probabilities per label for new images from a run's best checkpoint",
-    )
-    p.add_argument("run_dir", metavar="CHECKPOINT_RUN_DIR")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--csv", help="write the table to this CSV file")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--json", action="store_true", help="print rows as JSON")
-    p.set_defaults(func=predict_cmd)
 
 
 def _fmt(value: Any) -> str:
@@ -187,19 +176,4 @@ def report_cmd(args: argparse.Namespace) -> int:
     used = index["eval"]
     print(f"eval: alpha = {used['alpha']:g}, bootstrap = {used['bootstrap']} ({used['source']})")
     print(f"report: {index['report']}")
-    return 0
-
-
-def predict_cmd(args: argparse.Namespace) -> int:
-    from qcxr.evaluate.predict import predict_images
-
-    frame = predict_images(args.run_dir, args.images, batch_size=args.batch_size)
-    if args.csv:
-        frame.to_csv(args.csv, index=False)
-    if args.json:
-        print(json.dumps(frame.to_dict(orient="records"), indent=2))
-    elif not args.csv:
-        _print_table(frame.to_dict(orient="records"))
-    else:
-        print(f"wrote {args.csv} ({len(frame)} images)")
     return 0
