@@ -360,7 +360,7 @@ def test_damaged_database_from_the_command_line_is_one_line_without_traceback(tm
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.splitlines() == [
-        f"qcxr cache: error: {cache_dir / 'cache.db'}: the cache database is damaged (SQLite: "
+        f"qcxr cache verify: error: {cache_dir / 'cache.db'}: the cache database is damaged (SQLite: "
         f"file is not a database); run `qcxr cache verify --cache {cache_dir} --repair` to move "
         "it aside and start a new one (entries that still pass their checksums are kept; "
         "`qcxr cache build` refills the rest)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -182,3 +183,10 @@ def test_nih_label_set_with_extra_labels_trains_on_mimic(tmp_path):
     assert names == [*resolve_task("nih20").labels, "Finding 1", "Finding 2"]
     frame = pd.read_csv(paths.mimic_split_csv["train"])
     assert len(frame) >= 8 and {"Lung Opacity", "Finding 1", "Finding 2"} <= set(frame.columns)
+
+
+def test_study_root_is_marked_synthetic(study):
+    marker = json.loads((study.root / "synthetic.json").read_text())
+    sizes = {k.removeprefix("n_"): v for k, v in SIZES.items() if k != "image_size"}
+    counts = {**{s: sizes[s] for s in ("train", "val", "test")}, "mimic_test": sizes["mimic"]}
+    assert marker == {"synthetic": True, "format": "nih-cxr-lt", "seed": 3, "counts": counts}

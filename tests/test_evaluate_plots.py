@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
 from qcxr.evaluate import plots as P
@@ -119,3 +121,102 @@ assert "matplotlib.pyplot" not in sys.modules
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "b.png").is_file() and (tmp_path / "b.svg").is_file()
+
+
+def _errorbar_extent(ax) -> tuple[float, float]:
+    """The lowest and highest end of every error bar drawn on `ax` (matplotlib's own segments)."""
+    ends = [
+        y
+        for container in ax.containers
+        if isinstance(container, ErrorbarContainer)
+        for collection in container.lines[2]
+        for segment in collection.get_segments()
+        for _, y in segment
+    ]
+    return min(ends), max(ends)
+
+
+def _spread_compared() -> pd.DataFrame:
+    """Four labels over five seeds: wide spreads near 0 and 1, and p-values that Holm's
+    correction lifts above 0.05 (an unadjusted mark would say *)."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for seed in range(5):
+        for k, label in enumerate(LABELS):
+            cdl = [0.97, 0.6, 0.3, 0.7][k] + rng.normal(0, [0.03, 0.05, 0.2, 0.02][k])
+            dqc = cdl - [0.02, 0.05, 0.1, 0.01][k] + rng.normal(0, 0.03)
+            rows += [
+                ("cxr8", "nih", "cdl", seed, label, cdl),
+                ("cxr8", "nih", "dqc", seed, label, dqc),
+            ]
+    columns = ["task", "testset", "head", "seed", "label", "auroc"]
+    compared = S.compare(pd.DataFrame(rows, columns=columns))
+    compared["p"] = [0.5, 0.02, 0.03, 0.004]  # p-values whose marks Holm changes
+    compared["mark"] = [S.significance_mark(p) for p in compared["p"]]
+    compared["p_holm"] = S.holm(compared["p"].to_numpy())
+    compared["mark_holm"] = [S.significance_mark(p) for p in compared["p_holm"]]
+    return compared
+
+
+def test_per_label_marks_are_holms_and_no_error_bar_is_clipped():
+    compared = _spread_compared()
+    assert (compared["mark"] != compared["mark_holm"]).any()  # the test means something
+    fig = P.label_auroc_figure(compared, "cxr8", "nih")
+    ax = fig.axes[0]
+    by_label = compared.set_index("label")
+    expected = [by_label.loc[lab, "mark_holm"] for lab in P.by_occurrence(LABELS)]
+    assert [t.get_text() for t in ax.texts] == expected
+    low, high = _errorbar_extent(ax)
+    bottom, top = ax.get_ylim()
+    assert bottom <= low and high <= top, ((bottom, top), (low, high))
+    spread = (
+        compared[["cdl_mean", "dqc_mean"]].to_numpy() + compared[["cdl_std", "dqc_std"]].to_numpy()
+    )
+    assert high == pytest.approx(np.nanmax(spread))  # the bar's own top, not a clipped one
+    assert "Holm-adjusted" in ax.get_title()
+
+
+def test_panels_of_one_task_take_the_range_they_are_given():
+    compared = _compared(np.random.default_rng(0))
+    limits = P.auroc_limits(compared[compared["label"] != S.MEAN])
+    for testset in ("nih", "mimic"):
+        ax = P.label_auroc_figure(compared, "cxr8", testset, limits=limits).axes[0]
+        assert ax.get_ylim() == pytest.approx(limits)
+    assert limits[0] <= 0.5 and limits[1] >= 1.05  # chance and a perfect score both show
+    mean_ax = P.mean_auroc_figure(compared).axes[0]
+    assert "unadjusted" in mean_ax.get_title()
+    low, high = _errorbar_extent(mean_ax)
+    assert mean_ax.get_ylim()[0] <= low and high <= mean_ax.get_ylim()[1]
+
+
+def test_the_volcano_line_is_labelled_and_labels_get_colour_blind_safe_colours():
+    labels = ["Infiltration", "Effusion", "Atelectasis", "Nodule", "Mass", "Pneumothorax",
+              "Consolidation", "Pleural Thickening", "Cardiomegaly", "Emphysema", "Edema",
+              "Fibrosis", "Pneumonia", "Hernia"]  # fmt: skip
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in range(4):
+        for label in labels:
+            v = 0.75 + rng.normal(0, 0.03)
+            rows += [
+                ("cxr14", "nih", "cdl", seed, label, v),
+                ("cxr14", "nih", "dqc", seed, label, v - 0.02),
+            ]
+    compared = S.compare(
+        pd.DataFrame(rows, columns=["task", "testset", "head", "seed", "label", "auroc"])
+    )
+    ax = P.volcano_figure(compared, labels, alpha=0.01).axes[0]
+    [line_text] = [t for t in ax.texts if t.get_text() == "p = 0.01"]
+    assert line_text.get_position()[1] == pytest.approx(2.0)  # on the line: -log10(0.01)
+    assert ax.get_ylim()[1] > 2.0
+    safe = {matplotlib.colors.to_rgba(c) for c in P.OKABE_ITO}
+    styles = {}
+    for collection in ax.collections:
+        label = collection.get_label()
+        if label not in labels:
+            continue
+        face = tuple(collection.get_facecolor()[0]) if len(collection.get_facecolor()) else None
+        edge = tuple(collection.get_edgecolor()[0])
+        assert (face in safe) or (face is None and edge in safe), label
+        styles[label] = (face, edge if face is None else None)
+    assert len(styles) == len(labels) == len(set(styles.values()))  # no two labels look alike

@@ -191,3 +191,102 @@ def test_predict_real_checkpoint_roundtrip(tmp_path):
     expected = np.stack([_reference_probabilities(_reference_pixels(p), variables) for p in paths])
     assert np.ptp(expected, axis=0).max() > 0.05  # the made-up model tells the images apart
     np.testing.assert_allclose(frame[TASKS["cxr8"]].to_numpy(), expected, atol=1e-4)
+
+
+def _fake_run(tmp_path, monkeypatch, weights: str | None):
+    """A run directory whose versions.json records `weights`, with the fake model."""
+    import qcxr.train.checkpoint as checkpoint
+    import qcxr.train.model as model
+    from qcxr import rundir
+
+    n = len(TASKS["cxr8"])
+    variables = {"a": np.ones(n, np.float32), "b": np.zeros(n, np.float32)}
+    config = dataclasses.replace(
+        Config(), train=dataclasses.replace(Config().train, mode="finetune")
+    )
+    monkeypatch.setattr(checkpoint, "load_best", lambda d: (config, variables))
+    monkeypatch.setattr(model, "build_model", lambda c: _FakeModel())
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    if weights is not None:
+        rundir.write_json(run / rundir.VERSIONS, {"weights": weights})
+    return run
+
+
+def test_predict_warns_when_the_backbone_weights_were_random(tmp_path, monkeypatch, capsys):
+    from qcxr.models.weights import random_weights_warning
+
+    paths = _images(tmp_path)[:1]
+    for weights, warned in (("random(seed=4)", True), ("microsoft/resnet-50", False)):
+        run = _fake_run(tmp_path / weights.replace("/", "_"), monkeypatch, weights)
+        assert main(["predict", str(run), str(paths[0])]) == 0
+        err = capsys.readouterr().err
+        assert (random_weights_warning(weights) or "") in err
+        assert ("RANDOM BACKBONE WEIGHTS" in err) == warned
+    # No versions.json: the config's weights decide (the default is ImageNet, no warning).
+    run = _fake_run(tmp_path / "none", monkeypatch, None)
+    assert main(["predict", str(run), str(paths[0])]) == 0
+    assert "RANDOM" not in capsys.readouterr().err
+
+
+def test_every_predict_option_has_help():
+    import argparse
+
+    from qcxr.cli import build_parser, subcommand_parsers
+
+    (parser,) = [p for p in subcommand_parsers(build_parser()) if p.prog == "qcxr predict"]
+    actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    assert {a.dest for a in actions} >= {"run_dir", "images", "explain", "top", "batch_size"}
+    missing = [a.dest for a in actions if not (a.help and a.help.strip())]
+    assert not missing, f"qcxr predict options without help: {missing}"
+    assert "Grad-CAM" in parser.format_help()
+
+
+def _made_up_explanation(run):
+    """An Explanation with known maps (no model): 2 images, 3 labels, top 2, 32 px crops."""
+    from qcxr.evaluate.explain import Explanation
+
+    labels = ["Mass", "Pleural <Thickening>", "Nodule"]
+    probs = pd.DataFrame([[0.9, 0.2, 0.5], [0.1, 0.7, 0.3]], columns=labels)
+    probs.insert(0, "image", ["a/x ray.png", "b/x ray.png"])
+    ramp = np.broadcast_to(np.linspace(0, 1, 32, dtype=np.float32), (32, 32))
+    maps = np.stack([np.stack([ramp, ramp.T]), np.stack([ramp[:, ::-1], np.zeros((32, 32))])])
+    crops = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    config = dataclasses.replace(Config(), labels=tuple(labels), task="mine")
+    return Explanation(probs, np.array([[0, 2], [1, 2]]), maps, crops, labels, config, run)
+
+
+def test_explanation_page_files_and_colours(tmp_path):
+    import matplotlib
+
+    from qcxr.evaluate.explain_page import COLORMAP, OPACITY, write_explanation
+
+    explanation = _made_up_explanation(tmp_path / "run")
+    banner = "!! WARNING: RANDOM BACKBONE WEIGHTS (random(seed=0))"
+    index = write_explanation(tmp_path / "out", explanation, "random(seed=0)", banner)
+    page = index.read_text()
+    for text in (str(tmp_path / "run"), "mine: Mass, Pleural &lt;Thickening&gt;, Nodule",
+                 "not a diagnosis", banner, "colorbar.png", "predictions.csv"):  # fmt: skip
+        assert text in page, text
+    assert "<Thickening>" not in page  # label names are escaped
+    out = tmp_path / "out"
+    names = ["001-x_ray-1-Mass", "001-x_ray-2-Nodule", "002-x_ray-1-Pleural_Thickening"]
+    for name in names:
+        assert f'src="{name}.png"' in page
+        assert np.asarray(Image.open(out / f"{name}.png")).shape == (32, 32, 3)
+        assert np.asarray(Image.open(out / f"{name}-cam.png")).shape == (32, 32)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / "001-x_ray.png")), explanation.crops[0]
+    )
+    cam = np.asarray(Image.open(out / "001-x_ray-2-Nodule-cam.png"), np.float64) / 255
+    np.testing.assert_allclose(cam, explanation.maps[0, 1], atol=0.5 / 255 + 1e-6)
+    # The overlay: the colormap blended over the crop with an opacity growing with the heat.
+    overlay = np.asarray(Image.open(out / "001-x_ray-1-Mass.png"), np.float64) / 255
+    heat = explanation.maps[0, 0]
+    alpha = (OPACITY[0] + (OPACITY[1] - OPACITY[0]) * heat)[..., None]
+    colour = matplotlib.colormaps[COLORMAP](heat)[..., :3]
+    want = (1 - alpha) * explanation.crops[0] / 255 + alpha * colour
+    np.testing.assert_allclose(overlay, want, atol=0.5 / 255 + 1e-6)
+    table = pd.read_csv(out / "predictions.csv")
+    pd.testing.assert_frame_equal(table, explanation.probabilities, check_dtype=False)
+    assert Image.open(out / "colorbar.png").size[0] > 200

@@ -69,12 +69,14 @@ def test_prediction_files_and_testset_names(tmp_path):
 
 
 def test_history_reader_is_strict_and_epoch_rows_are_the_validated_ones(tmp_path):
-    rows = [(1, 1, 0.7, None, None), (1, 2, 0.6, None, None), (1, 2, 0.65, 0.62, 1.5)]
+    rows = [(1, 1, 0.7, None, None, None), (1, 2, 0.6, None, None, None)]
+    rows.append((1, 2, 0.65, 0.62, 1.5, 0.71))
     frame = pd.DataFrame(rows, columns=list(rundir.HISTORY_COLUMNS))
     frame.to_csv(tmp_path / "history.csv", index=False)
     assert len(rundir.read_history(tmp_path)) == 3  # a run directory or the file
     epochs = rundir.epoch_rows(tmp_path / "history.csv")
     assert list(epochs["val_loss"]) == [0.62] and list(epochs["train_loss"]) == [0.65]
+    assert list(epochs["val_auroc"]) == [0.71]
     frame.drop(columns=["val_loss"]).to_csv(tmp_path / "history.csv", index=False)
     with pytest.raises(ValueError, match=r"history\.csv: missing column\(s\) \['val_loss'\]"):
         rundir.read_history(tmp_path)
@@ -84,3 +86,12 @@ def test_seed_of_reads_the_run_directory_name(tmp_path):
     assert rundir.seed_of(rundir.run_path(tmp_path, "cxr8", "cdl", 12)) == 12
     assert rundir.seed_of(tmp_path / "seed-x") is None
     assert rundir.seed_of(tmp_path / "run-3") is None
+
+
+def test_a_history_written_before_val_auroc_reads_with_it_nan(tmp_path):
+    old = "epoch,step,train_loss,val_loss,epoch_time\n1,1,0.7,,\n1,1,0.7,0.6,2.0\n"
+    (tmp_path / "history.csv").write_text(old)
+    frame = rundir.read_history(tmp_path)
+    assert list(frame.columns) == list(rundir.HISTORY_COLUMNS)
+    assert frame["val_auroc"].isna().all() and list(frame["val_loss"].dropna()) == [0.6]
+    assert rundir.epoch_rows(tmp_path)["val_auroc"].isna().all()

@@ -49,6 +49,7 @@ def test_resources_key_is_read_and_checked():
         read_grid({"resources": {"cpus": 0, "gpu": 1}})
 
 
+@pytest.mark.slow  # ~66 s on 2 cores, a fifth of the suite's budget: make test-all
 def test_ray_engine_gives_the_local_engines_runs(tmp_path):
     study, features = write_study_and_features(tmp_path, frozen_data(n_train=96))
     path = _grid_file(tmp_path, "mini")

@@ -1,5 +1,6 @@
 """Kill a training process mid-epoch with a real SIGKILL, resume it, and compare with a run
-that was never interrupted: same history (all but wall times), same parameters."""
+that was never interrupted: same history (all but wall times), same parameters, and the same
+TensorBoard scalars read back by TensorBoard (all but step times)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ from test_train_support import (
     killed_child,
     small_study,
 )
+from test_train_tracking import event_scalars
+
+
+def assert_same_scalars(resumed, reference) -> None:
+    got, want = event_scalars(resumed), event_scalars(reference)
+    assert set(got) == set(want) and "val/auroc" in want
+    for tag in set(want) - {"train/step_time"}:
+        assert got[tag] == want[tag], tag
 
 
 def test_frozen_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
@@ -51,6 +60,7 @@ def test_frozen_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
     train_frozen(cfgs, reference, data, progress=False)
     for run, ref in zip(killed, reference, strict=True):
         assert_same_run(run, ref)
+        assert_same_scalars(run, ref)
 
 
 @pytest.mark.slow
@@ -79,6 +89,7 @@ def test_finetune_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
     reference = tmp_path / "reference" / "seed-0"
     train_finetune(cfg, reference, progress=False)
     assert_same_run(run, reference)
+    assert_same_scalars(run, reference)
     # BatchNorm running statistics are part of what resumed identically.
     best, _ = RunCheckpoints(run).restore_best()
     assert "batch_stats" in best and jax.tree.leaves(best["batch_stats"])

@@ -41,7 +41,7 @@ def test_steps_and_epochs_are_recorded_and_the_best_kept(tmp_path):
     for value in (1.0, 0.5, 0.25, 0.25):
         book.record_step(value)
     assert (book.step, book.position) == (4, 4)
-    assert book.end_epoch(0.8, 1.0, state(1.0)) is None
+    assert book.end_epoch(0.8, 1.0, state(1.0), 0.75) is None
     assert (book.epoch, book.position, book.step) == (1, 0, 4)
     assert book.last_train_loss == pytest.approx(0.5)
     assert book.checkpoints.best_meta() == {"epoch": 1, "step": 4, "val_loss": 0.8}
@@ -56,6 +56,7 @@ def test_steps_and_epochs_are_recorded_and_the_best_kept(tmp_path):
     assert book.checkpoints.best_meta()["epoch"] == 1
     epochs = rundir.epoch_rows(tmp_path)
     assert list(epochs["val_loss"]) == [0.8, 0.9, 0.85]
+    assert epochs["val_auroc"].iloc[0] == 0.75 and epochs["val_auroc"].iloc[1:].isna().all()
     assert list(epochs["train_loss"]) == pytest.approx([0.5, 0.1, 0.1])
     steps = pd.read_csv(tmp_path / "history.csv")
     assert list(steps[steps["val_loss"].isna()]["step"]) == list(range(1, 13))
@@ -116,3 +117,24 @@ def test_a_non_finite_loss_fails_the_run_and_says_what_was_kept(tmp_path, where)
     assert "latest at step 1" in status["message"]
     assert rundir.result_of(tmp_path).status == "failed"
     book.checkpoints.close()
+
+
+def test_resuming_a_history_written_before_val_auroc_keeps_its_rows(tmp_path):
+    book = RunBook(cfg(), tmp_path, resume=False, steps_per_epoch=10)
+    for value in (0.5, 0.7, 0.9):
+        book.record_step(value)
+    book.save_latest(state())
+    book.checkpoints.close()
+    old = "epoch,step,train_loss,val_loss,epoch_time\n" + "".join(
+        f"1,{s},0.{s},,\n" for s in (1, 2, 3, 4)
+    )
+    (tmp_path / "history.csv").write_text(old)  # as written before the column existed
+    again = RunBook(cfg(), tmp_path, resume=True, steps_per_epoch=10)
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines == [",".join(rundir.HISTORY_COLUMNS), "1,1,0.1,,,", "1,2,0.2,,,", "1,3,0.3,,,"]
+    again.record_step(0.4)
+    again.end_epoch(0.3, 1.0, state(), 0.625)
+    frame = rundir.read_history(tmp_path)
+    assert list(frame["step"]) == [1, 2, 3, 4, 4]
+    assert frame["val_auroc"].iloc[-1] == 0.625 and frame["val_auroc"].iloc[:-1].isna().all()
+    again.checkpoints.close()

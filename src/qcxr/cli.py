@@ -88,12 +88,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `parser`, at any depth ("qcxr labels", "qcxr labels stats", ...)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # an alias is the same parser
+                found += [child, *subcommand_parsers(child)]
+    return found
+
+
+def _record_progs(parser: argparse.ArgumentParser) -> None:
+    # Each parser's default `command_prog` is its full name; the innermost chosen one is set
+    # last, so an error names the whole subcommand ("qcxr labels stats"), not its first word.
+    for child in subcommand_parsers(parser):
+        child.set_defaults(command_prog=child.prog)
+
+
 def main(argv: list[str] | None = None) -> int:
     return dispatch(build_parser(), argv)
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse argv and run the chosen handler; input errors become one line and exit code 1."""
+    """Parse argv and run the chosen handler; input errors become one line and exit code 1,
+    prefixed with the whole subcommand's name ("qcxr labels stats: error: ...")."""
+    _record_progs(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -101,7 +120,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> 
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RunError) as err:
-        print(f"qcxr {args.command}: error: {err}", file=sys.stderr)
+        print(f"{getattr(args, 'command_prog', parser.prog)}: error: {err}", file=sys.stderr)
         return 1
 
 

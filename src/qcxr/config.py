@@ -293,18 +293,47 @@ def task_of(config: Config) -> Task:
 
 def load(path: str | Path) -> Config:
     """Read a YAML config file; errors name the file and the offending key."""
-    import yaml  # here, not at the top: the benchmark workers import this module without it
-
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    data = read_yaml(path)
     try:
         return from_dict(data)
     except ConfigError as err:
         raise ConfigError(err.problems, str(path)) from None
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file ({} when empty). Malformed YAML, a key given twice
+    in one mapping (PyYAML would keep the last silently) or a top level that is not a mapping
+    is a `ConfigError` of one line: the file, line and column, and the problem."""
+    import yaml  # here, not at the top: the benchmark workers import this module without it
+
+    from qcxr.config_check import line_column, unique_key_loader, yaml_problem
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"byte {err.start}: not UTF-8 text ({err.reason})"], str(path)) from None
+    try:
+        data = yaml.load(text, Loader=unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        raise ConfigError([yaml_problem(err)], str(path)) from None
+    except yaml.YAMLError as err:  # a ReaderError: a character YAML does not allow
+        line, column = line_column(text, getattr(err, "position", 0))
+        char = getattr(err, "character", None)
+        shown = f"character #x{char:04x}" if isinstance(char, int) else f"character {char!r}"
+        problem = f"{shown}: {getattr(err, 'reason', err)}"
+        raise ConfigError([f"line {line}, column {column}: {problem}"], str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        got = repr(data) if len(repr(data)) <= 60 else f"a {type(data).__name__}"
+        raise ConfigError(
+            [f"expected a mapping of settings at the top level, got {got}"], str(path)
+        )
+    return data
 
 
 def to_dict(config: Config) -> dict[str, Any]:

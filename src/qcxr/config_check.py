@@ -2,8 +2,9 @@
 
 pydantic validates the dataclasses of qcxr.config, whose field types carry the rules (`Rule`,
 `Literal`); this module turns pydantic's errors into one line per problem naming the dotted
-key, the value given and what is allowed. qcxr.config imports it only when a config is built,
-so that importing the config stays light.
+key, the value given and what is allowed. qcxr.config imports it only when a config is built
+or a YAML file read (`read_yaml`: PyYAML errors and keys given twice, as one line with line and
+column), so that importing the config stays light.
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ def _relation_problems(config: Config, bad: set[str]) -> list[str]:
         if key not in bad and len(set(get(key))) < len(get(key)):
             found.append(f"{key}: {list(get(key))!r} repeats a value")
     data = config.data
-    if not bad & {"data.format", "data.source"} and data.format == "mimic-cxr-lt":
-        if data.source == "nih":
-            found.append("data.source: 'nih' contradicts data.format 'mimic-cxr-lt' (use mimic)")
+    contradicts = data.format == "mimic-cxr-lt" and data.source == "nih"
+    if not bad & {"data.format", "data.source"} and contradicts:
+        found.append("data.source: 'nih' contradicts data.format 'mimic-cxr-lt' (use mimic)")
     fractions = data.split_fractions
     if "data.split_fractions" not in bad and abs(sum(fractions) - 1) > 1e-6:
-        found.append(f"data.split_fractions: {list(fractions)!r} must add up to 1 (train, val, test)")
+        found.append(
+            f"data.split_fractions: {list(fractions)!r} must add up to 1 (train, val, test)"
+        )
     if "data.split_fractions" not in bad and min(fractions) <= 0:
         found.append(f"data.split_fractions: {list(fractions)!r}: each split needs a share > 0")
     return found
@@ -85,7 +88,10 @@ def checked(data: dict[str, Any]) -> tuple[Config | None, list[str]]:
             return None, problems
         return None, problems + _relation_problems(config, bad)
     problems = _relation_problems(config, set())
-    return (None if problems else config), problems
+    if problems:
+        return None, problems
+    # "CXR14" and "cxr14" are one task: one run directory, one name in every record.
+    return dataclasses.replace(config, task=task_of(config).name), []
 
 
 def _without(data: dict[str, Any], paths: list[tuple[str, ...]]) -> dict[str, Any]:
@@ -216,3 +222,58 @@ def _bounds(rule: Mapping[str, Any]) -> str:
     if high:
         return f" {'<=' if high[0] == ']' else '<'} {num(high[1])}"
     return ""
+
+
+# ----------------------------------------------------------------------------- YAML files
+# qcxr.config.read_yaml's loader and messages: one line with the file, line and column.
+
+
+def line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of a character offset."""
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
+
+
+def yaml_problem(err: Any) -> str:
+    """A PyYAML error as "line L, column C: <problem> (<context> that starts at line L', ...)"."""
+    mark = err.problem_mark or err.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = err.problem or err.context or "malformed YAML"
+    if "'\\t'" in problem:
+        problem += "; YAML indents with spaces, not tabs"
+    context = err.context if err.problem else None
+    if context and err.context_mark and err.context_mark is not mark:
+        cm = err.context_mark
+        context += f" that starts at line {cm.line + 1}, column {cm.column + 1}"
+    return where + problem + (f" ({context})" if context else "")
+
+
+@functools.cache
+def unique_key_loader() -> type:
+    """A yaml.SafeLoader that refuses a key given twice in one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` may be overridden: that is what it is for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # SafeLoader's own error names it
+                if key in seen:
+                    first = seen[key]
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is given twice in one mapping (first at line "
+                        f"{first.line + 1}, column {first.column + 1}); YAML would keep the last",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader

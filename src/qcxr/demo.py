@@ -17,7 +17,7 @@ import yaml
 
 from qcxr import configs
 from qcxr.cli import add_task_arguments, task_from_args
-from qcxr.config import MODES, ModelConfig
+from qcxr.config import MODES, ModelConfig, read_yaml
 from qcxr.labels import LABEL_SETS, Task
 
 DEMO_CONFIG = "demo"  # the bundled configs/demo.yaml (qcxr.configs)
@@ -30,16 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory")
     add_task_arguments(demo, "cxr8")
     demo.add_argument("--seeds", type=int, default=3, help="seeds per head (paper: 5)")
-    demo.add_argument("--n-train", type=int, default=1600)
-    demo.add_argument("--n-val", type=int, default=300)
-    demo.add_argument("--n-test", type=int, default=400)
-    demo.add_argument("--n-external", type=int, default=300)
+    demo.add_argument("--n-train", type=int, default=1600,
+                      help="synthetic NIH training images (%(default)s)")  # fmt: skip
+    demo.add_argument("--n-val", type=int, default=300,
+                      help="synthetic NIH validation images (%(default)s)")  # fmt: skip
+    demo.add_argument("--n-test", type=int, default=400,
+                      help="synthetic NIH test images, the internal test set (%(default)s)")  # fmt: skip
+    demo.add_argument("--n-external", type=int, default=300,
+                      help="synthetic MIMIC images, the external test set (%(default)s)")  # fmt: skip
     demo.add_argument("--size", type=int, default=256, help="synthetic image size")
     demo.add_argument("--crop", type=int, default=128,
                       help="model input size (paper: 224; smaller keeps the CPU demo short)")  # fmt: skip
     demo.add_argument("--weights", default=ModelConfig().weights,
                       help="backbone weights; falls back to random ones when unavailable")  # fmt: skip
-    demo.add_argument("--mode", default="frozen", choices=MODES)
+    demo.add_argument("--mode", default="frozen", choices=MODES,
+                      help="frozen: heads on backbone features computed once (fast); finetune: "
+                      "backbone and head trained on images (%(default)s)")  # fmt: skip
     demo.add_argument(
         "--epochs", type=int, default=None, help="max epochs (default: the paper's 50)"
     )
@@ -95,19 +101,19 @@ def _task_argv(task: Task) -> list[str]:
 def _feature_splits(task: Task, study: Path) -> list[str]:
     """Feature stores a frozen run needs: train/val of its training source, then the tests."""
     from qcxr.config import from_dict
-    from qcxr.train.data import TESTSETS, TRAIN_STORES, training_source
+    from qcxr.train.data import study_of
 
     config = from_dict(
         {"task": task.name, "labels": list(task.labels), "data": {"study": str(study)}}
     )
-    return [*TRAIN_STORES[training_source(config)].values(), *TESTSETS.values()]
+    return list(study_of(config).stores().values())
 
 
 def _grid_file(
     args: argparse.Namespace, config: Path, task: Task, study: Path, features: Path
 ) -> Path:
     """The demo's grid: `config` with the demo's task, seeds, mode, epochs and data set."""
-    grid = yaml.safe_load(config.read_text())
+    grid = read_yaml(config)
     grid.setdefault("grid", {})
     grid["grid"]["task"] = [task.name]
     if list(task.labels) != LABEL_SETS.get(task.name):
@@ -128,6 +134,7 @@ def _grid_file(
 def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = configs.path(args.config)  # before any stage: a wrong name fails at once
+    read_yaml(config)  # and so does a malformed file
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     study, cache, features = out / "study", out / "cache", out / "features"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -76,6 +77,14 @@ def stamped(store: FeatureStore) -> FeatureStore:
 # ----------------------------------------------------------------------------- file format
 
 
+def ordinary_mode(path: str | Path) -> None:
+    """Give a file the mode open() would (0o666 less the umask): safetensors' save_file writes
+    0600 whatever the umask (safetensors#782), which shuts out a shared group's readers."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def save_feature_store(path: str | Path, store: FeatureStore) -> None:
     """Write atomically (temp file, then rename): a killed write never leaves a half file.
 
@@ -92,6 +101,7 @@ def save_feature_store(path: str | Path, store: FeatureStore) -> None:
     temporary = path.with_name(path.name + ".tmp")
     features = np.ascontiguousarray(store.features, dtype=np.float32)
     save_file({FEATURES: features}, str(temporary), metadata=meta)
+    ordinary_mode(temporary)
     temporary.replace(path)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from qcxr.cli import add_task_arguments, task_from_args
+from qcxr.config import FORMATS
 from qcxr.features import DTYPES
 
 # NIH-CXR-LT train, val, test; MIMIC-CXR-LT test ("mimic") and, for studies that train on
@@ -28,10 +29,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     data = parser.add_argument_group("data (layout of `qcxr synth`; override for real data)")
     data.add_argument("--study", type=Path, help="study root with nih/ and mimic/")
-    data.add_argument("--split", choices=SPLITS, required=True)
+    data.add_argument(
+        "--split", choices=SPLITS, required=True,
+        help="the set to extract: NIH train/val/test, MIMIC mimic (test)/mimic-train/mimic-val; "
+        "a label table (--format table|chexpert): train/val/test",
+    )  # fmt: skip
     data.add_argument("--cache", type=Path, required=True, help="image cache (`qcxr cache build`)")
-    data.add_argument("--csv", type=Path, help="label CSV of the split (instead of --study)")
-    data.add_argument("--images", type=Path, help="NIH image dir or MIMIC-CXR-JPG root")
+    data.add_argument("--format", choices=FORMATS, default=None,
+                      help=f"label files' layout (default: the --config's, else {config.data.format})")  # fmt: skip
+    data.add_argument("--config", type=Path,
+                      help="a run config (YAML) whose data: section names the data (a table's "
+                      "columns, splits and label policies)")  # fmt: skip
+    data.add_argument("--csv", type=Path,
+                      help="label CSV of the split (NIH layout), or the label table (table, chexpert)")  # fmt: skip
+    data.add_argument("--images", type=Path,
+                      help="NIH image dir, MIMIC-CXR-JPG root, or a table's image root")  # fmt: skip
     data.add_argument("--metadata", type=Path, help="MIMIC metadata CSV (frontal-view filter)")
     add_task_arguments(data, config.task)
     parser.add_argument(
@@ -40,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hub id, HF directory, torchvision state-dict file, or 'random[:SEED]' (%(default)s)",
     )
     parser.add_argument("--out", type=Path, required=True, help="feature store (.safetensors)")
-    parser.add_argument("--batch-size", type=int, default=config.train.batch_size)
+    parser.add_argument("--batch-size", type=int, default=config.train.batch_size,
+                        help="images per backbone call (%(default)s)")  # fmt: skip
     parser.add_argument("--views", type=int, default=0, help="K augmented views per image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
     parser.add_argument(
@@ -50,9 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="backbone compute dtype; bfloat16 is for GPUs",
     )
     parser.add_argument("--chunk-rows", type=int, default=1024, help="rows per resumable chunk")
-    parser.add_argument("--threads", type=int, default=config.data.loader_threads)
+    parser.add_argument("--threads", type=int, default=config.data.loader_threads,
+                        help="cache reader threads (%(default)s)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run_features)
 
@@ -76,11 +90,36 @@ def split_files(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     return args.csv or study.nih_csv[args.split], args.images or study.nih_images, None
 
 
+def data_settings(args: argparse.Namespace):
+    """The DataConfig of --config, with --format, --study, --csv and --images over it."""
+    from qcxr import config as config_lib
+
+    base = config_lib.load(args.config) if args.config else config_lib.Config()
+    updates = {
+        "format": args.format,
+        "study": str(args.study) if args.study else None,
+        "csv": str(args.csv) if args.csv else None,
+        "images": str(args.images) if args.images else None,
+    }
+    updates = {k: v for k, v in updates.items() if v is not None}
+    return config_lib.from_dict({"data": updates}, base).data
+
+
 def open_dataset(args: argparse.Namespace):
     from qcxr.data import datasets
+    from qcxr.data.study import TABLE_FORMATS, open_study
 
-    csv, images, metadata = split_files(args)
+    data = data_settings(args)
     task = task_from_args(args)
+    if data.format in TABLE_FORMATS:
+        study = open_study(data, task)
+        sets = {store: name for name, store in study.stores().items()}
+        if args.split not in sets:
+            raise ValueError(
+                f"--split {args.split}: a {data.format} table has the sets {list(sets)}"
+            )
+        return study.dataset(sets[args.split], images_only=True)
+    csv, images, metadata = split_files(args)
     # Labels are not used here: a task label column absent from the file is no obstacle.
     if args.split.startswith("mimic"):
         return datasets.MIMICCXRLT(
@@ -101,6 +140,17 @@ def provenance(args: argparse.Namespace, dataset, cache) -> dict[str, str]:
     }
 
 
+def without_skipped(dataset, cache) -> tuple:
+    """The dataset without the images `qcxr cache build --on-bad-image skip` skipped, and their
+    ids (recorded in the store, so that training leaves them out too, with a note)."""
+    from qcxr.data.cache import source_key
+    from qcxr.data.study import without_skipped as drop
+
+    bad = cache.skipped()
+    ids = [i for i, p in zip(dataset.ids, dataset.paths, strict=True) if source_key(p) in bad]
+    return drop(dataset, ids, str(cache.directory)), ids
+
+
 def run_features(args: argparse.Namespace) -> int:
     from qcxr import features
     from qcxr.data.cache import ImageCache
@@ -110,7 +160,8 @@ def run_features(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size and --chunk-rows must be >= 1, --views >= 0")
     dataset = open_dataset(args)
     cache = ImageCache(args.cache)
-    meta = provenance(args, dataset, cache)
+    dataset, skipped = without_skipped(dataset, cache)
+    meta = {**provenance(args, dataset, cache), "skipped_ids": json.dumps(skipped)}
     variables, identity = resolve_resnet50_weights(args.weights)
     banner = random_weights_warning(identity)
     if banner:

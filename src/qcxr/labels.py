@@ -155,27 +155,34 @@ def checked_labels(labels: Sequence[str], where: str = "labels") -> tuple[str, .
     return tuple(names)
 
 
+def builtin_name(name: str) -> str | None:
+    """The `LABEL_SETS` key a task name spells, in any case and with the paper's hyphen
+    ("CXR-14", "CXR14", "cxr14" -> "cxr14"); None for any other name."""
+    key = name.strip().lower().replace("-", "")
+    return key if key in LABEL_SETS else None
+
+
 def resolve_task(task: str | Task, labels: Sequence[str] = ()) -> Task:
-    """The Task for a built-in set name, or for a name given with an explicit label list."""
+    """The Task for a built-in set name (any case, "CXR-14" too), or for a name given with an
+    explicit label list, which keeps the name as given (unless it spells out a built-in set)."""
     if isinstance(task, Task):
         return task
     name = _check_name(task)
+    builtin = builtin_name(name)
     if labels:
         names = checked_labels(labels, f"task {name}: labels")
-        builtin = LABEL_SETS.get(name.lower())
-        if builtin is not None and list(names) != builtin:
+        if builtin is not None and list(names) != LABEL_SETS[builtin]:
             raise ValueError(
                 f"task {name!r} is a built-in label set ({_builtin_names()}) but the labels "
                 "given differ from it; give your list another name (task: NAME, --task NAME)"
             )
-        return Task(name, names)
-    try:
-        return Task(name.lower(), tuple(LABEL_SETS[name.lower()]))
-    except KeyError:
-        raise ValueError(
-            f"unknown task {name!r}; built-in label sets: {_builtin_names()}; or name an "
-            "explicit list (config `task: NAME` with `labels: [...]`, CLI --task NAME --labels)"
-        ) from None
+        return Task(builtin or name, names)  # the built-in set spelled out: its own name
+    if builtin is not None:
+        return Task(builtin, tuple(LABEL_SETS[builtin]))
+    raise ValueError(
+        f"unknown task {name!r}; built-in label sets: {_builtin_names()}; or name an "
+        "explicit list (config `task: NAME` with `labels: [...]`, CLI --task NAME --labels)"
+    )
 
 
 def task_labels(task: str | Task, labels: Sequence[str] = ()) -> list[str]:

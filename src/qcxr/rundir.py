@@ -4,9 +4,14 @@
       config.yaml                   the run's settings (re-read on resume)
       versions.json                 libraries, device, label-file checksums, weights, sessions
       history.csv                   one row per train step and per epoch end (train.history)
+      tensorboard/                  TensorBoard event files (train.tracking)
+      tracking.json                 the run's MLflow run id and tracking URI (train.tracking:
+                                    mlflow), so a resume continues it and a report joins it
       checkpoints/{latest,best}/    Orbax (train.checkpoint)
       train_counts.json             positive count per label in the training split
       feature_norm.safetensors      frozen mode with train.standardize_features
+      splits.csv                    a label table's split of every image (data.format table,
+                                    chexpert): id, patient, split
       predictions-<testset>.parquet "id", then "p:L" and "y:L" per label L (train.predictions)
       status.json                   written last by training: the run is finished exactly when
                                     it says so
@@ -45,7 +50,12 @@ METRICS = "metrics.json"
 PREDICTIONS_PREFIX = "predictions-"
 LOCK = ".lock"
 PREEMPTED = "preempted"  # status of a run stopped by SIGTERM or SIGINT, its state saved
-HISTORY_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "epoch_time")
+# val_auroc came later: a history.csv written before it reads back with that column NaN.
+HISTORY_REQUIRED = ("epoch", "step", "train_loss", "val_loss", "epoch_time")
+HISTORY_COLUMNS = (*HISTORY_REQUIRED, "val_auroc")
+TENSORBOARD = "tensorboard"
+TRACKING = "tracking.json"
+SPLITS = "splits.csv"  # a label table's split of every image (id, patient, split)
 
 # Config keys a resumed run may change (they do not alter what is computed).
 RESUMABLE_CHANGES = frozenset(
@@ -54,6 +64,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.patience",
         "train.keep_checkpoints",
         "train.require_external_test",
+        "train.tracking",
         "data.cache",
         "data.loader_threads",
         "data.prefetch",
@@ -248,16 +259,19 @@ def testset_of(path: str | Path) -> str:
 
 def read_history(path: str | Path) -> Any:
     """history.csv as a pandas frame (empty cells NaN); an error names a file without the
-    columns train.history writes."""
+    columns train.history writes. A file written before val_auroc existed gets it as NaN."""
     import pandas as pd
 
     path = Path(path)
     if path.is_dir():
         path = path / HISTORY
     frame = pd.read_csv(path)
-    missing = [c for c in HISTORY_COLUMNS if c not in frame.columns]
+    missing = [c for c in HISTORY_REQUIRED if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; has {list(frame.columns)}")
+    for column in HISTORY_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = float("nan")
     return frame
 
 

@@ -20,12 +20,16 @@ from qcxr.config import (
     BACKBONES,
     BACKENDS,
     ENTANGLERS,
+    FORMATS,
     HEADS,
     LOSSES,
+    MISSING,
     MODES,
     OPTIMIZERS,
     SCHEDULES,
     SOURCES,
+    TRACKING,
+    UNCERTAIN,
     merge,
     nested,
 )
@@ -58,7 +62,15 @@ TRAIN_FLAGS = {
     "layers": "model.num_layers",
     "entangler": "model.entangler",
     "backend": "model.backend",
+    "format": "data.format",
+    "csv": "data.csv",
+    "images": "data.images",
+    "uncertain": "data.uncertain",
+    "missing": "data.missing",
+    "tracking": "train.tracking",
 }
+# the flags `qcxr run` takes too: where the data is, and tracking
+RUN_FLAGS = ("study", "features", "cache", "format", "csv", "images", "tracking")
 
 
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -73,12 +85,35 @@ def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any
         key, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=3e-4")
-        out = merge(out, nested(key.strip(), yaml.safe_load(text)))
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            from qcxr.config_check import yaml_problem
+
+            raise ValueError(f"--set {item}: not a YAML value ({yaml_problem(err)})") from None
+        out = merge(out, nested(key.strip(), value))
     return out
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", help="study root (nih/ and mimic/ label files and images)")
+    parser.add_argument(
+        "--csv",
+        help="your own data: a label table (CSV or parquet: an image path column, one column "
+        "per label; README 'Your own data'); implies --format table unless given",
+    )
+    parser.add_argument("--images", help="with --csv: the directory the image paths start from")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="layout of the label files (default nih-cxr-lt: --study's nih/ and mimic/)",
+    )
+    parser.add_argument(
+        "--tracking",
+        choices=TRACKING,
+        help="tensorboard: event files in each run dir (default); mlflow: also MLflow "
+        "(MLFLOW_TRACKING_URI, else <out>/mlruns; needs qcxr[tracking]); none",
+    )
     parser.add_argument(
         "--features", help="frozen mode: dir with {train,val,test,mimic}.safetensors"
     )
@@ -112,9 +147,17 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     add_task_arguments(train, "cxr8")
     train.add_argument("--source", choices=SOURCES,
                        help="train/val label files: nih, mimic (CXR-LT 2023) or auto")  # fmt: skip
-    train.add_argument("--head", choices=HEADS)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--mode", choices=MODES)
+    train.add_argument(
+        "--head",
+        choices=HEADS,
+        help="cdl: classical linear head; dqc: dressed quantum circuit (paper: both)",
+    )
+    train.add_argument("--seed", type=int, help="the run's seed (paper: 0-4, one run each)")
+    train.add_argument(
+        "--mode",
+        choices=MODES,
+        help="finetune: backbone and head on images (paper); frozen: the head on --features stores",
+    )
     train.add_argument("--out", default="runs/default", help="experiment dir (runs/<experiment>)")
     train.add_argument("--run-dir", help="exact run directory (instead of the <out>/... layout)")
     train.add_argument("--resume", action="store_true",
@@ -122,18 +165,29 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
                        f"exit code {EXIT_PREEMPTED})")  # fmt: skip
     train.add_argument("--epochs", type=int, help="maximum epochs (paper: 50)")
     train.add_argument("--patience", type=int, help="early-stopping patience (paper: 5)")
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--batch-size", type=int, help="paper: 32")
     train.add_argument("--lr", type=float, help="learning rate (paper: 1e-4)")
-    train.add_argument("--loss", choices=LOSSES)
-    train.add_argument("--schedule", choices=SCHEDULES)
-    train.add_argument("--optimizer", choices=OPTIMIZERS)
+    train.add_argument("--loss", choices=LOSSES, help="paper: bce; the others are long-tail losses")
+    train.add_argument(
+        "--schedule", choices=SCHEDULES, help="learning-rate schedule (paper: constant)"
+    )
+    train.add_argument("--optimizer", choices=OPTIMIZERS, help="paper: adam")
     train.add_argument("--checkpoint-every", type=int, help="steps between mid-epoch checkpoints")
-    train.add_argument("--backbone", choices=BACKBONES)
+    train.add_argument(
+        "--backbone", choices=BACKBONES, help="resnet50 (paper) or tiny (a small CNN for tests)"
+    )
     train.add_argument("--weights", help="backbone weights: hub id, directory, file or random:N")
     train.add_argument("--layers", type=int, help="DQC variational layers (paper: 3)")
-    train.add_argument("--entangler", choices=ENTANGLERS)
+    train.add_argument(
+        "--entangler", choices=ENTANGLERS, help="DQC entangling layer (paper: ring of CNOTs)"
+    )
     train.add_argument("--backend", choices=BACKENDS,
                        help="DQC circuit simulator; auto picks by cost for n (default)")  # fmt: skip
+    train.add_argument("--uncertain", choices=UNCERTAIN,
+                       help="what a -1 label becomes: ignore (left out of loss and metrics; "
+                       "default), zeros or ones")  # fmt: skip
+    train.add_argument("--missing", choices=MISSING,
+                       help="what a blank label becomes: ignore (default) or zeros")  # fmt: skip
     _add_common(train)
     train.set_defaults(func=train_command)
 
@@ -181,6 +235,22 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_common(run)
     run.set_defaults(func=run_command)
+
+
+def _format_overrides(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """--csv without --format (and no table format in the config) means a generic table."""
+    if not getattr(args, "csv", None) or args.format:
+        return {}
+    if base.get("data", {}).get("format") in ("table", "chexpert"):
+        return {}
+    return {"data": {"format": "table"}}
+
+
+def _grid_base(args: argparse.Namespace) -> dict[str, Any]:
+    """The grid file's base settings, when --csv needs to know its data.format."""
+    from qcxr.train.grid import read_grid
+
+    return read_grid(args.config).base if args.csv else {}
 
 
 def _task_overrides(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +318,10 @@ def write_metrics_after(result: RunResult) -> None:
         write_metrics(result.run_dir)
     except Exception as err:  # metrics are recomputable with `qcxr evaluate`; training is not
         print(f"warning: {result.run_dir}: metrics not written: {err}", file=sys.stderr)
+        return
+    from qcxr.train.tracking import log_artifacts
+
+    log_artifacts(result.run_dir)  # MLflow gets metrics.json too (no-op without MLflow)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -257,6 +331,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     base = read_grid(args.config).base if args.config else {}
     overrides = merge(_overrides(args, TRAIN_FLAGS), _task_overrides(args, base))
+    overrides = merge(overrides, _format_overrides(args, base))
     config = config_lib.from_dict(merge(base, overrides))
     run_dir = Path(args.run_dir) if args.run_dir else rundir.config_run_path(args.out, config)
     if args.resume and not rundir.has_checkpoints(run_dir):
@@ -274,7 +349,7 @@ def run_command(args: argparse.Namespace) -> int:
     from qcxr.train.grid import run_grid
     from qcxr.train.shard import parse_shard
 
-    flags = {k: TRAIN_FLAGS[k] for k in ("study", "features", "cache")}
+    flags = {k: TRAIN_FLAGS[k] for k in RUN_FLAGS}
     shard = parse_shard(args.shard) if args.shard is not None else None
     if args.status:
         from qcxr import runs_status
@@ -284,7 +359,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.engine == "local" and (args.address or args.num_cpus):
         raise ValueError("--address and --num-cpus go with --engine ray")
     common = dict(
-        overrides=_overrides(args, flags),
+        overrides=merge(_overrides(args, flags), _format_overrides(args, _grid_base(args))),
         progress=not args.no_progress,
         after_run=write_metrics_after,
         shard=shard,

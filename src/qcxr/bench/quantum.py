@@ -238,8 +238,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "train.batch_size and learning_rate, model.num_layers and entangler, bench.warmup "
         "and steps",
     )
-    parser.add_argument("--qubits", type=int, nargs="+", default=[8, 14, 19])
-    parser.add_argument("--backends", nargs="+", default=list(DEFAULT_CASES), choices=CASES)
+    parser.add_argument("--qubits", type=int, nargs="+", default=[8, 14, 19],
+                        help="n, qubits = labels (default: the paper's 8 14 19)")  # fmt: skip
+    parser.add_argument("--backends", nargs="+", default=list(DEFAULT_CASES), choices=CASES,
+                        help="the simulators to time side by side")  # fmt: skip
     parser.add_argument(
         "--entangler", choices=ENTANGLERS, help=f"default: model.entangler ({model.entangler})"
     )
@@ -254,8 +256,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pennylane-max-steps", type=int, default=None,
                         help="cap warm-up and timed steps for PennyLane (slow at large n)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                        help="results directory (%(default)s)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def resolved(args: argparse.Namespace) -> argparse.Namespace:

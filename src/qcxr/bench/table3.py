@@ -41,9 +41,11 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     bench, train = BenchConfig(), TrainConfig()
     add_config_argument(parser, "bench: section and train.batch_size")
     parser.add_argument(
-        "--frameworks", nargs="+", choices=list(FRAMEWORKS), default=list(FRAMEWORKS)
-    )
-    parser.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
+        "--frameworks", nargs="+", choices=list(FRAMEWORKS), default=list(FRAMEWORKS),
+        help="the frameworks to time (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS),
+                        help="the heads to time (default: both)")  # fmt: skip
     parser.add_argument(
         "--labels", nargs="+", type=int, default=list(LABELS), help="n: labels = qubits"
     )
@@ -74,7 +76,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """How to run it: the `RunOptions`, and what to print."""
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/table3"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/table3"),
+                        help="results directory (%(default)s)")  # fmt: skip
     parser.add_argument(
         "--reuse",
         choices=REUSE,

@@ -45,6 +45,9 @@ from qcxr.data.preprocess import BadImageError, preprocess
 
 CONFIG_KEY = "qcxr:config"
 LABEL_PREFIX = "qcxr:label-file:"
+SKIPPED_PREFIX = (
+    "qcxr:skipped:"  # images a build skipped as bad: features and training leave them out
+)
 _DEFAULTS = DataConfig()
 
 
@@ -255,6 +258,24 @@ class ImageCache:
                     out[record["path"]] = record["sha256"]
         return out
 
+    def skipped(self) -> dict[str, str]:
+        """source path -> reason, for every image a `build(on_bad_image="skip")` skipped and no
+        later build cached."""
+        out = {}
+        with self._guard():
+            for key in self.store.iterkeys():
+                if str(key).startswith(SKIPPED_PREFIX):
+                    out[str(key)[len(SKIPPED_PREFIX) :]] = self.store.get(key).decode()
+        return out
+
+    def _record_skip(self, path: str, reason: str | None) -> None:
+        """Remember a skipped image (reason), or forget it once it is cached (None)."""
+        with self._guard():
+            if reason is None:
+                self.store.delete(SKIPPED_PREFIX + path)
+            else:
+                self.store.set(SKIPPED_PREFIX + path, reason.encode())
+
     # ------------------------------------------------------------ build and verify
 
     def build(
@@ -276,6 +297,7 @@ class ImageCache:
 
         paths = list(dict.fromkeys(source_key(p) for p in paths))
         result = BuildResult()
+        before = self.skipped()
 
         def one(path: str) -> tuple[str, str, str]:
             try:
@@ -298,6 +320,8 @@ class ImageCache:
                     result.added += 1
                 else:
                     result.skipped.append((path, reason))
+                if reason or path in before:
+                    self._record_skip(path, reason or None)
                 bar.update()
         result.skipped.sort()
         return result

@@ -11,78 +11,119 @@ import sys
 from pathlib import Path
 
 from qcxr.cli import add_task_arguments, task_from_args
-from qcxr.config import DataConfig
+from qcxr.config import FORMATS, DataConfig
 from qcxr.data import ON_BAD_IMAGE
 
 _DEFAULTS = DataConfig()
+SYNTH_FORMATS = ("nih-cxr-lt", "table", "chexpert")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_synth(subparsers)
+    _add_labels(subparsers)
+    _add_cache(subparsers)
+
+
+def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     synth = subparsers.add_parser(
-        "synth", help="write a synthetic study in the NIH-CXR-LT and MIMIC-CXR-LT file layouts"
+        "synth",
+        help="write a synthetic study: the NIH-CXR-LT and MIMIC-CXR-LT layouts, a label table "
+        "or CheXpert's",
+        description="Write a deterministic synthetic study (images with drawn findings and "
+        "long-tailed labels) in a real file layout, for trying the pipeline without data.",
     )
     synth.add_argument("out", type=Path, help="study root to create")
-    synth.add_argument("--n-train", type=int, default=800)
-    synth.add_argument("--n-val", type=int, default=200)
-    synth.add_argument("--n-test", type=int, default=400)
-    synth.add_argument("--n-external", type=int, default=300, help="external (MIMIC) studies")
-    synth.add_argument("--size", type=int, default=256, help="image height in pixels")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--no-progress", action="store_true")
+    synth.add_argument(
+        "--format", choices=SYNTH_FORMATS, default="nih-cxr-lt",
+        help="nih-cxr-lt: nih/ and mimic/ as NIH-CXR-LT and MIMIC-CXR-LT ship (default); "
+        "table: labels.csv (path, patient_id, view, one column per label) and images/; "
+        "chexpert: CheXpert-v1.0-small/train.csv and valid.csv, values 1, 0, -1 and blank",
+    )  # fmt: skip
+    synth.add_argument("--n-train", type=int, default=800, help="training images (%(default)s)")
+    synth.add_argument("--n-val", type=int, default=200, help="validation images (%(default)s)")
+    synth.add_argument("--n-test", type=int, default=400, help="test images (%(default)s)")
+    synth.add_argument("--n-external", type=int, default=300,
+                       help="external (MIMIC) studies, nih-cxr-lt only (%(default)s)")  # fmt: skip
+    synth.add_argument("--size", type=int, default=256, help="image height in pixels (%(default)s)")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed writes the same study")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_task_arguments(synth, "nih20")
     synth.add_argument("--extra-labels", type=int, default=0, metavar="N",
                        help="N synthetic labels (Finding 01, ...) after the task's, long-tailed; "
                        "with labels NIH lacks, the study gets MIMIC train/val files")  # fmt: skip
     synth.set_defaults(func=run_synth)
 
+
+def _add_labels(subparsers: argparse._SubParsersAction) -> None:
     labels = subparsers.add_parser("labels", help="label files")
     labels_sub = labels.add_subparsers(dest="labels_command", metavar="COMMAND", required=True)
     stats = labels_sub.add_parser("stats", help="counts per label and split, as in Table I")
-    stats.add_argument("csv", nargs="+", type=Path, help="label CSV files (one column each)")
+    stats.add_argument("csv", nargs="*", type=Path,
+                       help="label files: NIH-CXR-LT CSVs (one column each), or one label table "
+                       "with --format table|chexpert (default: the --config's data.csv)")  # fmt: skip
+    stats.add_argument("--format", choices=FORMATS, default=None,
+                       help="table or chexpert: count positives per split, and the -1 "
+                       "(uncertain) and blank entries the label policies act on")  # fmt: skip
+    stats.add_argument("--config", type=Path,
+                       help="a run config whose data: section describes the table")  # fmt: skip
     add_task_arguments(stats, "cxr19")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(func=run_labels_stats)
 
+
+def _add_cache(subparsers: argparse._SubParsersAction) -> None:
     cache = subparsers.add_parser("cache", help="the preprocessed image cache")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="COMMAND", required=True)
     build = cache_sub.add_parser("build", help="preprocess images into the cache (resumable)")
     build.add_argument("--cache", type=Path, help="cache directory (default: STUDY/cache)")
     build.add_argument("--study", type=Path, help="a study root (layout of `qcxr synth`)")
-    build.add_argument("--csv", type=Path, action="append", default=[], help="NIH label CSV")
-    build.add_argument("--images", type=Path, help="NIH image directory for --csv")
+    build.add_argument("--csv", type=Path, action="append", default=[],
+                       help="NIH label CSV (repeatable), or a label table with --format "
+                       "table|chexpert")  # fmt: skip
+    build.add_argument("--images", type=Path, help="NIH image directory, or a table's image root")
+    build.add_argument("--format", choices=FORMATS, default=None,
+                       help="table or chexpert: cache every image of the --csv table")  # fmt: skip
+    build.add_argument("--config", type=Path,
+                       help="a run config whose data: section names the data (tables)")  # fmt: skip
     build.add_argument("--mimic-csv", type=Path, help="MIMIC-CXR-LT label CSV")
     build.add_argument("--mimic-root", type=Path, help="MIMIC-CXR-JPG root for --mimic-csv")
     build.add_argument("--mimic-metadata", type=Path, help="metadata CSV: frontal views only")
     add_task_arguments(build, "cxr19")
-    build.add_argument("--threads", type=int, default=_DEFAULTS.loader_threads)
-    build.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="error")
+    build.add_argument("--threads", type=int, default=_DEFAULTS.loader_threads,
+                       help="reader threads (%(default)s)")  # fmt: skip
+    build.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="error",
+                       help="error: stop at the first missing or undecodable image (default); "
+                       "skip: list it in the report and go on (features and training then "
+                       "leave it out, with a note)")  # fmt: skip
     build.add_argument("--report", type=Path, help="skipped-files report (default: CACHE/...)")
     build.add_argument("--resize", type=int, default=None,
                        help=f"shortest side after resizing (new cache: {_DEFAULTS.resize_shortest})")  # fmt: skip
     build.add_argument("--crop", type=int, default=None,
                        help=f"center crop (new cache: {_DEFAULTS.crop})")  # fmt: skip
-    build.add_argument("--no-progress", action="store_true")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.set_defaults(func=run_cache_build)
     verify = cache_sub.add_parser(
         "verify", help="check the database and every entry's checksums; report (and repair)"
     )
-    verify.add_argument("--cache", type=Path, required=True)
+    verify.add_argument("--cache", type=Path, required=True, help="the cache directory")
     verify.add_argument("--repair", action="store_true",
                         help="rebuild corrupt, unverified (no checksum) or stale entries; move a "
                         "damaged database aside (cache.db.damaged-TIME) and start a new one")  # fmt: skip
     verify.add_argument("--resize", type=int, default=None, help="default: the cache's own")
     verify.add_argument("--crop", type=int, default=None, help="default: the cache's own")
-    verify.add_argument("--no-progress", action="store_true")
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=run_cache_verify)
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from qcxr.data.synthetic import generate_study
-
     if args.extra_labels < 0:
         raise ValueError("--extra-labels must be >= 0")
+    if args.format != "nih-cxr-lt":
+        return _synth_table(args)
+    from qcxr.data.synthetic import generate_study
+
     paths = generate_study(
         args.out,
         task=task_from_args(args),
@@ -107,15 +148,76 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_table(args: argparse.Namespace) -> int:
+    """A label table (or CheXpert's files), its images and ROOT/study.yaml, the config that
+    reads it; prints how to train on it."""
+    import yaml
+
+    from qcxr.config import from_dict, merge, nested, to_dict
+    from qcxr.data.synthetic_tables import write_table_study
+
+    if args.extra_labels:
+        raise ValueError("--extra-labels goes with --format nih-cxr-lt")
+    settings = write_table_study(
+        args.out, fmt=args.format, task=task_from_args(args), n_train=args.n_train,
+        n_val=args.n_val, n_test=args.n_test, image_size=args.size, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    updates: dict = {"task": settings.pop("task"), "labels": settings.pop("labels")}
+    for key, value in settings.items():
+        updates = merge(updates, nested(key, value))
+    config = to_dict(from_dict(updates))  # checked: the file is a valid run config
+    study_config = {k: config[k] for k in ("task", "labels")} | {"data": updates["data"]}
+    path = args.out / "study.yaml"
+    path.write_text(yaml.safe_dump(study_config, sort_keys=False))
+    print(f"wrote synthetic {args.format} study to {args.out}")
+    print(f"  its config (data: section, task): {path}")
+    print(
+        "train on it, e.g.:\n"
+        f"  qcxr train --config {path} --mode finetune --backbone tiny --weights random:0 "
+        f"--epochs 3 --out {args.out / 'runs'}"
+    )
+    return 0
+
+
+def table_settings(args: argparse.Namespace, csv: Path | None) -> DataConfig:
+    """The DataConfig of --config with --format, a table --csv and --images over it."""
+    from qcxr import config as config_lib
+
+    base = config_lib.load(args.config) if args.config else config_lib.Config()
+    updates = {"format": args.format, "csv": str(csv) if csv else None}
+    updates["images"] = str(args.images) if getattr(args, "images", None) else None
+    updates = {k: v for k, v in updates.items() if v is not None}
+    return config_lib.from_dict({"data": updates}, base).data
+
+
+def is_table(args: argparse.Namespace) -> bool:
+    from qcxr.data.study import TABLE_FORMATS
+
+    if args.format:
+        return args.format in TABLE_FORMATS
+    return bool(args.config) and table_settings(args, None).format in TABLE_FORMATS
+
+
 def run_labels_stats(args: argparse.Namespace) -> int:
     from qcxr.data.datasets import file_checksum, label_stats
 
-    task = task_from_args(args)
-    table = label_stats(args.csv, task)
+    task = config_task(args)
+    if is_table(args):
+        from qcxr.data.tables import table_label_files, table_label_stats
+
+        if len(args.csv) > 1:
+            raise ValueError("give one label table (its splits come from the table)")
+        data = table_settings(args, args.csv[0] if args.csv else None)
+        table, files = table_label_stats(data, task), table_label_files(data)
+    elif not args.csv:
+        raise ValueError("give the label files to count (or --config with a table's data:)")
+    else:
+        table, files = label_stats(args.csv, task), list(args.csv)
     if args.json:
         out = {
             "task": task.name,
-            "files": {str(p): file_checksum(p) for p in args.csv},
+            "files": {str(p): file_checksum(p) for p in files},
             "counts": {label: row.to_dict() for label, row in table.iterrows()},
         }
         print(json.dumps(out, indent=2, default=int))
@@ -124,10 +226,34 @@ def run_labels_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_task(args: argparse.Namespace):
+    """The task of --task/--labels; without them, the --config's, else the default."""
+    from qcxr.cli import labels_from_args
+
+    if args.config and not (args.task or labels_from_args(args)):
+        from qcxr.config import load, task_of
+
+        return task_of(load(args.config))
+    return task_from_args(args)
+
+
+def table_sources(args: argparse.Namespace) -> list:
+    """Every set of a label table (images unchecked: the build reports bad ones)."""
+    from qcxr.data.study import open_study
+
+    if len(args.csv) > 1:
+        raise ValueError("give one label table with --csv (its splits come from the table)")
+    data = table_settings(args, args.csv[0] if args.csv else None)
+    study = open_study(data, config_task(args))
+    return [study.dataset(name, images_only=True) for name in study.stores()]
+
+
 def build_sources(args: argparse.Namespace) -> list:
     """The datasets a `cache build` covers (images unchecked: the build reports bad ones)."""
     from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT, study_paths
 
+    if is_table(args):
+        return table_sources(args)
     sources = []
     task = task_from_args(args)
     csvs, images = list(args.csv), args.images
@@ -289,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     """The data subcommands alone (`python -m qcxr.data.cli`), without the other subsystems."""
     from qcxr.cli import dispatch
 
-    parser = argparse.ArgumentParser(prog="qcxr-data")
+    parser = argparse.ArgumentParser(prog="qcxr")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     return dispatch(parser, argv)
 

@@ -269,7 +269,8 @@ def check_images(paths: list[Path], source: Path) -> None:
         shown = ", ".join(str(p) for p in missing[:5])
         raise FileNotFoundError(
             f"{source}: {len(missing)} image file(s) not found, e.g. {shown} "
-            "(use --on-bad-image skip to skip and report them)"
+            "(`qcxr cache build --on-bad-image skip` skips and lists them; features and training "
+            "then leave them out)"
         )
 
 

@@ -17,6 +17,7 @@ so every label of its set can be learned.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,6 +200,17 @@ def write_mimic(
     )
 
 
+MARKER = "synthetic.json"  # at a synthetic study's root: what wrote it (reports say "synthetic")
+
+
+def write_synthetic_marker(root: Path, fmt: str, seed: int, counts: dict[str, int]) -> Path:
+    """<root>/synthetic.json: {"synthetic": true, "format", "seed", "counts"}."""
+    marker = {"synthetic": True, "format": fmt, "seed": seed, "counts": counts}
+    path = Path(root) / MARKER
+    path.write_text(json.dumps(marker, indent=2) + "\n")
+    return path
+
+
 def generate_study(
     root: str | Path,
     *,
@@ -250,4 +262,6 @@ def generate_study(
         mimic = dict(zip(mimic_sizes, drawn[3:], strict=True))
         write_mimic(pool, mimic, paths, image_size, seed, bar, labels)
     paths.labels_file.write_text("".join(f"{name}\n" for name in labels.labels))
+    counts = {**splits, **{f"mimic_{s}": n for s, n in mimic_sizes.items()}}
+    write_synthetic_marker(paths.root, "nih-cxr-lt", seed, counts)
     return paths

@@ -20,7 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "each run's existing predictions; writes <run>/metrics.json. The F1 threshold and the "
         "head/medium/tail boundaries are the eval: section of each run's config.yaml.",
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories (with predictions-*.parquet)",
+    )
     p.add_argument(
         "--train-csv",
         help="training label CSV for head/medium/tail counts (default: from the run's config, "
@@ -32,11 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "report",
         help="tables, figures and report.html for an experiment's runs",
-        description="Scan RUNS_DIR/<task>/<head>/seed-<k>/ and write RUNS_DIR/summary/. The "
-        "significance level and bootstrap count are the eval: section of the runs' config.yaml "
+        description="Scan RUNS_DIR/<task>/<head>/seed-<k>/ and write RUNS_DIR/summary/. A grid "
+        "with another axis (train.loss: [bce, focal]) writes its cells beside RUNS_DIR, as "
+        "RUNS_DIR-loss=bce/ ...: given RUNS_DIR, they are reported as one experiment with the "
+        "axis as a column. The significance level and bootstrap count are the eval: section of the runs' config.yaml "
         "(the same in every run); the options below override them.",
     )
-    p.add_argument("runs_dir", metavar="RUNS_DIR")
+    p.add_argument(
+        "runs_dir",
+        metavar="RUNS_DIR",
+        help="an experiment directory (qcxr run/train --out), or one cell of a grid",
+    )
     p.add_argument(
         "--bootstrap",
         type=int,
@@ -173,6 +184,12 @@ def report_cmd(args: argparse.Namespace) -> int:
     _print_table(index["summary"])
     for note in index["notes"]:
         print(f"note: {note}", file=sys.stderr)
+    for line in index.get("below_chance", []):
+        print(f"note: AUROC below chance (< 0.5): {line}", file=sys.stderr)
+    ran = "; ".join(f"{cell}: {', '.join(map(str, s))}" for cell, s in index["seeds"].items())
+    print(f"seeds that ran: {ran}")
+    if index.get("tracked"):
+        print(f"report attached to {index['tracked']} tracked runs (MLflow)")
     used = index["eval"]
     print(f"eval: alpha = {used['alpha']:g}, bootstrap = {used['bootstrap']} ({used['source']})")
     print(f"report: {index['report']}")

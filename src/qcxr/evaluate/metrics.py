@@ -274,6 +274,13 @@ def run_train_counts(
     counts = rundir.read_train_counts(run_dir)
     if counts is not None:
         return counts, rundir.TRAIN_COUNTS
+    if config is not None and config.data.format in ("chexpert", "table") and config.data.csv:
+        from qcxr.config import task_of
+        from qcxr.data.study import open_study
+
+        train = open_study(config.data, task_of(config)).dataset("train")
+        counts = np.nansum(train.labels, axis=0)
+        return dict(zip(train.label_names, map(float, counts), strict=True)), str(train.label_file)
     if config is not None and config.data.study:
         from qcxr.data.datasets import study_paths
 

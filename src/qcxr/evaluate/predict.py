@@ -37,11 +37,22 @@ def _trained_weights(run_dir: Path) -> str | None:
     return versions.get("weights") or None
 
 
-def _feature_fn(config: Any, run_dir: Path):
-    """images uint8 -> pooled features with the backbone the frozen head was trained on."""
-    import jax
+def backbone_identity(config: Any, run_dir: str | Path) -> str:
+    """What the run's backbone weights were: versions.json "weights", else config model.weights
+    (a finetuned tiny backbone records "tiny-random(...)"; a random ResNet "random(seed=N)")."""
+    return _trained_weights(Path(run_dir)) or str(config.model.weights)
 
-    from qcxr.data.augment import normalize
+
+def random_weights_banner(config: Any, run_dir: str | Path) -> str | None:
+    """The loud random-backbone warning for this run (qcxr.models.weights), or None."""
+    from qcxr.models.weights import random_weights_warning
+
+    return random_weights_warning(backbone_identity(config, run_dir))
+
+
+def frozen_backbone(config: Any, run_dir: Path) -> tuple[Any, dict, tuple | None]:
+    """(module, variables, feature standardisation or None) that made a frozen head's features."""
+    from qcxr.train.data import load_feature_norm
     from qcxr.train.model import backbone_module, backbone_variables
 
     trained = _trained_weights(run_dir)
@@ -55,10 +66,17 @@ def _feature_fn(config: Any, run_dir: Path):
             f"{run_dir}: the head was trained on features of backbone weights {trained!r}, but "
             f"{config.model.weights!r} resolves to {identity!r}; pass the same weights"
         )
-    from qcxr.train.data import load_feature_norm
+    # the standardisation the head was trained with, if any
+    return backbone_module(config), variables, load_feature_norm(run_dir)
 
-    backbone = backbone_module(config)
-    norm = load_feature_norm(run_dir)  # the standardisation the head was trained with, if any
+
+def _feature_fn(config: Any, run_dir: Path):
+    """images uint8 -> pooled features with the backbone the frozen head was trained on."""
+    import jax
+
+    from qcxr.data.augment import normalize
+
+    backbone, variables, norm = frozen_backbone(config, run_dir)
 
     def features(images):
         pooled = backbone.apply(variables, normalize(images), train=False)
@@ -71,6 +89,13 @@ def predict_images(
     run_dir: str | Path, images: Sequence[str | Path], *, batch_size: int = 16
 ) -> pd.DataFrame:
     """One row per image: "image" (the path given), then one probability column per label."""
+    return predict_run(run_dir, images, batch_size=batch_size)[0]
+
+
+def predict_run(
+    run_dir: str | Path, images: Sequence[str | Path], *, batch_size: int = 16
+) -> tuple[pd.DataFrame, Any]:
+    """(predict_images' table, the run's config)."""
     import jax
 
     from qcxr.train.checkpoint import load_best
@@ -96,4 +121,4 @@ def predict_images(
         raise ValueError(f"{run_dir}: model gives {probs.shape[1]} outputs, task has {len(labels)}")
     frame = pd.DataFrame(probs, columns=labels)
     frame.insert(0, "image", [str(p) for p in images])
-    return frame
+    return frame, config

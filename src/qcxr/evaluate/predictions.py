@@ -109,22 +109,25 @@ def reference_labels(settings: Config | None, testset: str) -> tuple[Any, str]:
     run's config names, to check predictions against; (None, why not) when there is none to
     read ("" when the run names no study)."""
     from qcxr.config import task_of
-    from qcxr.data.datasets import TESTSETS, study_paths, test_label_file, test_set
+    from qcxr.data.study import has_data, open_study
 
-    if settings is None or not settings.data.study:
+    if settings is None or not has_data(settings.data):
         return None, ""
-    if testset not in TESTSETS:
-        return None, f"test set {testset!r} has no label file in a study; ids not checked"
-    paths = study_paths(settings.data.study)
-    csv = test_label_file(paths, testset)
-    if not csv.is_file():
-        return None, f"{csv} not found: ids and truth not checked against the label file"
     task = task_of(settings)
-    key = (testset, task.name, tuple(task.labels), _signature(csv, paths.mimic_metadata))
+    study = open_study(settings.data, task)
+    if testset not in study.testsets:
+        return None, f"test set {testset!r} has no label file in the study; ids not checked"
+    files = study.label_files()
+    if not files:
+        return None, "the study's label files are not found: ids and truth not checked"
+    key = (testset, task.name, tuple(task.labels), repr(settings.data), _signature(*files))
     if key not in _REFERENCES:
         while len(_REFERENCES) >= _KEPT:
             del _REFERENCES[next(iter(_REFERENCES))]
-        _REFERENCES[key] = test_set(settings.data.study, testset, task)
+        try:
+            _REFERENCES[key] = study.dataset(testset)
+        except FileNotFoundError as err:
+            return None, f"{err}: ids and truth not checked against the label file"
     return _REFERENCES[key], ""
 
 

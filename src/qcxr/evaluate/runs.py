@@ -16,6 +16,8 @@ and the bootstrap count are one set; an explicit bootstrap count or alpha overri
 from __future__ import annotations
 
 import dataclasses
+import glob
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,15 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)  # versions.json
     history: pd.DataFrame | None = None  # history.csv (rundir.read_history)
+    # a grid's other axes, from the cell directory's name (<experiment>-loss=focal: {"loss":
+    # "focal"}); {} for a plain experiment
+    axes: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        """<task>/<head>/<seed dir>, as the run lies in the experiment."""
-        return "/".join(self.path.parts[-3:])
+        """<task>/<head>/<seed dir> as the run lies in the experiment, after its grid cell's
+        axis values ("loss=focal/cxr8/cdl/seed-0")."""
+        return "/".join([*(f"{k}={v}" for k, v in self.axes.items()), *self.path.parts[-3:]])
 
     @property
     def predictions(self) -> dict[str, Path]:
@@ -75,7 +81,7 @@ def random_weights(run: Run) -> bool:
     return any("random" in w.lower() for w in weights_of(run))
 
 
-def _as_run(runs_dir: Path, path: Path) -> Run | None:
+def _as_run(runs_dir: Path, path: Path, axes: dict[str, str]) -> Run | None:
     """The run at `path` when it is a run directory of `runs_dir`'s layout, else None."""
     seed = rundir.seed_of(path)
     if seed is None or not path.is_dir() or path.parts[-3] == "summary":
@@ -83,7 +89,39 @@ def _as_run(runs_dir: Path, path: Path) -> Run | None:
     task, head = path.parts[-3], path.parts[-2]
     if rundir.run_path(runs_dir, task, head, seed) != path:
         return None
-    return Run(task=task, head=head.lower(), seed=seed, path=path)
+    return Run(task=task, head=head.lower(), seed=seed, path=path, axes=dict(axes))
+
+
+# A grid axis beyond task, head and seed puts each value's runs in a sibling directory,
+# <experiment>-<key>=<value>[-<key>=<value>...] (train.grid.cells): one "-key=" per axis.
+_AXIS_SPLIT = re.compile(r"-(?=[A-Za-z_][\w.]*=)")
+
+
+def cell_axes(experiment_dir: Path, name: str) -> dict[str, str] | None:
+    """{axis: value} of a grid cell directory `name` beside `experiment_dir` (train.grid's
+    naming: <experiment>-<key>=<value>...), None when `name` is not one of its cells."""
+    prefix = experiment_dir.name + "-"
+    if not name.startswith(prefix):
+        return None
+    parts = _AXIS_SPLIT.split("-" + name[len(prefix) :])[1:]
+    pairs = [part.partition("=") for part in parts]
+    if not pairs or any(not key or not sep for key, sep, _ in pairs):
+        return None
+    return {key: value for key, _, value in pairs}
+
+
+def experiment_cells(runs_dir: Path) -> list[tuple[Path, dict[str, str]]]:
+    """(directory, grid axes) of every cell of the experiment: `runs_dir` itself when it holds
+    runs, else the sibling cells a grid with other axes wrote (train.grid.cells)."""
+    if runs_dir.is_dir() and any(_run_dirs(runs_dir)):
+        return [(runs_dir, {})]
+    siblings = sorted(runs_dir.parent.glob(glob.escape(runs_dir.name) + "-*"))
+    found = [(d, cell_axes(runs_dir, d.name)) for d in siblings if d.is_dir()]
+    return [(d, axes) for d, axes in found if axes is not None]
+
+
+def _run_dirs(experiment_dir: Path) -> list[Path]:
+    return sorted(experiment_dir.glob("*/*/seed-*"))
 
 
 def _read(run: Run, recompute: bool) -> Run:
@@ -107,15 +145,24 @@ def _read(run: Run, recompute: bool) -> Run:
 
 
 def scan(runs_dir: str | Path, *, recompute: bool = False) -> list[Run]:
-    """Every <task>/<head>/seed-<k>/ run under `runs_dir`, with config, metrics and history."""
+    """Every <task>/<head>/seed-<k>/ run under `runs_dir`, with config, metrics and history;
+    for a grid with other axes, every run of its cells <runs_dir>-<key>=<value>/ (`axes`)."""
     runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise FileNotFoundError(f"{runs_dir}: runs directory not found")
-    found = (_as_run(runs_dir, path) for path in sorted(runs_dir.glob("*/*/*")))
+    cells = experiment_cells(runs_dir)
+    if not runs_dir.is_dir() and not cells:
+        raise FileNotFoundError(
+            f"{runs_dir}: runs directory not found (nor grid cells {runs_dir.name}-<key>=<value>/)"
+        )
+    found = (_as_run(d, path, axes) for d, axes in cells for path in _run_dirs(d))
     runs = [_read(run, recompute) for run in found if run is not None]
     if not runs:
         raise FileNotFoundError(f"{runs_dir}: no run directories <task>/<head>/seed-<k>/ found")
     return runs
+
+
+def axis_names(runs: list[Run]) -> list[str]:
+    """The grid axes beyond task, head and seed that the runs vary over, in first-seen order."""
+    return list(dict.fromkeys(k for r in runs for k in r.axes))
 
 
 @dataclass(frozen=True)

@@ -93,21 +93,23 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(finite)) if len(finite) else math.nan
 
 
-def compare(auroc: pd.DataFrame, *, metric: str = "auroc") -> pd.DataFrame:
-    """CDL against DQC for every (task, testset, label) in a long table.
+def compare(auroc: pd.DataFrame, *, metric: str = "auroc", by: Sequence[str] = ()) -> pd.DataFrame:
+    """CDL against DQC for every (task, testset, *by, label) in a long table.
 
-    `auroc` has columns task, testset, head, seed, label, and `metric` (the label "mean" holds
-    the mean over labels). Returns one row per (task, testset, label) with each head's mean and
-    sample std (ddof=1) over seeds, the number of seed pairs, eq. (4) percent difference on the
-    seed means, t, p, its mark, and the Holm-adjusted p over the labels (not the mean row) of
-    the same task and test set.
+    `auroc` has columns task, testset, head, seed, label, `metric` and the columns `by` (a
+    grid's other axes, e.g. "loss": each value is a comparison of its own); the label "mean"
+    holds the mean over labels. Returns one row per (task, testset, *by, label) with each
+    head's mean and sample std (ddof=1) over seeds, the number of seed pairs, eq. (4) percent
+    difference on the seed means, t, p, its mark, and the Holm-adjusted p over the labels (not
+    the mean row) of the same task, test set and `by` values.
     """
-    missing = {"task", "testset", "head", "seed", "label", metric} - set(auroc.columns)
+    keys = ["task", "testset", *by]
+    missing = {"head", "seed", "label", metric, *keys} - set(auroc.columns)
     if missing:
         raise ValueError(f"AUROC table lacks columns {sorted(missing)}")
     frame = auroc.assign(head=auroc["head"].str.lower())
     rows = []
-    for (task, testset), part in frame.groupby(["task", "testset"], sort=True):
+    for values, part in frame.groupby(keys, sort=True):
         # groupby keeps all-NaN labels (pivot_table would drop them): they get NaN, not a KeyError
         wide = part.groupby(["label", "seed", "head"])[metric].first().unstack("head")
         for head in HEADS:
@@ -115,53 +117,71 @@ def compare(auroc: pd.DataFrame, *, metric: str = "auroc") -> pd.DataFrame:
                 wide[head] = np.nan
         for label in part["label"].drop_duplicates():
             by_seed = wide.loc[label]
-            cdl, dqc = by_seed["cdl"].to_numpy(), by_seed["dqc"].to_numpy()
-            t, p, pairs = paired_ttest(cdl, dqc)
-            cdl_mean, dqc_mean = _mean(cdl), _mean(dqc)
             rows.append(
-                {
-                    "task": task,
-                    "testset": testset,
-                    "label": label,
-                    "cdl_mean": cdl_mean,
-                    "cdl_std": _std(cdl),
-                    "dqc_mean": dqc_mean,
-                    "dqc_std": _std(dqc),
-                    "pairs": pairs,
-                    "pct_diff": percent_difference(cdl_mean, dqc_mean),
-                    "t": t,
-                    "p": p,
-                    "mark": significance_mark(p),
-                }
-            )
+                {**dict(zip(keys, values, strict=True)), "label": label,
+                 **_pair_row(by_seed["cdl"].to_numpy(), by_seed["dqc"].to_numpy())}
+            )  # fmt: skip
     out = pd.DataFrame(rows)
     if out.empty:
         return out
     out["p_holm"] = np.nan
-    for _, idx in out[out["label"] != MEAN].groupby(["task", "testset"]).groups.items():
+    for _, idx in out[out["label"] != MEAN].groupby(keys).groups.items():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy())
     out.loc[out["label"] == MEAN, "p_holm"] = out.loc[out["label"] == MEAN, "p"]
     out["mark_holm"] = [significance_mark(p) for p in out["p_holm"]]
     return out
 
 
-def summary_table(compared: pd.DataFrame, *, digits: int = 3) -> list[dict[str, Any]]:
-    """Rows for the closing note: task, testset, CDL and DQC mean +- std, % diff, p, mark.
+def _pair_row(cdl: np.ndarray, dqc: np.ndarray) -> dict[str, Any]:
+    """One comparison's numbers: means, stds, seeds per head, pairs, % diff, t, p, mark."""
+    t, p, pairs = paired_ttest(cdl, dqc)
+    cdl_mean, dqc_mean = _mean(cdl), _mean(dqc)
+    return {
+        "cdl_mean": cdl_mean,
+        "cdl_std": _std(cdl),
+        "dqc_mean": dqc_mean,
+        "dqc_std": _std(dqc),
+        "cdl_seeds": int(np.isfinite(cdl).sum()),
+        "dqc_seeds": int(np.isfinite(dqc).sum()),
+        "pairs": pairs,
+        "pct_diff": percent_difference(cdl_mean, dqc_mean),
+        "t": t,
+        "p": p,
+        "mark": significance_mark(p),
+    }
 
-    One row per (task, testset), from the mean-AUROC rows of `compare`.
+
+def mean_and_std(mean: float, std: float, seeds: int, digits: int = 3) -> str:
+    """ "0.712 ± 0.013" over seeds; "0.712 (1 seed)" where no std exists; "-" without a run."""
+    if not seeds or not math.isfinite(mean):
+        return "-"
+    if seeds < 2 or not math.isfinite(std):
+        return f"{mean:.{digits}f} (1 seed)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_table(
+    compared: pd.DataFrame, *, digits: int = 3, by: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Rows for the closing note: task, testset, `by` axes, CDL and DQC mean +- std (or the one
+    seed's value, or "-" without runs), % diff, p, mark, seeds per head.
+
+    One row per (task, testset, *by), from the mean-AUROC rows of `compare`.
     """
     rows = []
     for _, r in compared[compared["label"] == MEAN].iterrows():
+        seeds = {h: int(r.get(f"{h}_seeds", r["pairs"])) for h in HEADS}
         rows.append(
             {
                 "task": r["task"],
                 "testset": r["testset"],
-                "cdl": f"{r['cdl_mean']:.{digits}f} ± {r['cdl_std']:.{digits}f}",
-                "dqc": f"{r['dqc_mean']:.{digits}f} ± {r['dqc_std']:.{digits}f}",
+                **{k: r[k] for k in by},
+                "cdl": mean_and_std(r["cdl_mean"], r["cdl_std"], seeds["cdl"], digits),
+                "dqc": mean_and_std(r["dqc_mean"], r["dqc_std"], seeds["dqc"], digits),
                 "pct_diff": round(float(r["pct_diff"]), 2),
                 "p": float(r["p"]),
                 "mark": r["mark"],
-                "seeds": int(r["pairs"]),
+                "seeds": "/".join(str(seeds[h]) for h in HEADS),
             }
         )
     return rows
@@ -333,19 +353,18 @@ def bootstrap_auroc(
 
 
 def long_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Long AUROC table (task, testset, head, seed, label, auroc, ap, f1) from run metrics.
+    """Long AUROC table (task, testset, head, seed, label, auroc, ap, f1, then a grid's other
+    axes) from run metrics.
 
-    Each record: task, head, seed and `metrics` (a metrics.json dict with "testsets").
+    Each record: task, head, seed, `metrics` (a metrics.json dict with "testsets") and,
+    optionally, "axes" ({axis: value}, e.g. {"loss": "focal"}), each a column.
     """
-    rows = []
+    rows, axes = [], {}
     for rec in records:
+        axes.update(dict.fromkeys(rec.get("axes") or {}))
         for testset, m in rec["metrics"].get("testsets", {}).items():
-            base = {
-                "task": rec["task"],
-                "testset": testset,
-                "head": rec["head"],
-                "seed": rec["seed"],
-            }
+            base = {"task": rec["task"], "testset": testset, "head": rec["head"],
+                    "seed": rec["seed"], **(rec.get("axes") or {})}  # fmt: skip
             for label, v in m["labels"].items():
                 rows.append(
                     {
@@ -361,7 +380,6 @@ def long_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                     **{k: m["mean"].get(k, math.nan) for k in ("auroc", "ap", "f1")},
                 }
             )
-    frame = pd.DataFrame(
-        rows, columns=["task", "testset", "head", "seed", "label", "auroc", "ap", "f1"]
-    )
+    columns = ["task", "testset", "head", "seed", "label", "auroc", "ap", "f1", *axes]
+    frame = pd.DataFrame(rows, columns=columns)
     return frame.astype({"auroc": float, "ap": float, "f1": float})

@@ -14,7 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     summary = model_sub.add_parser("summary", help="parameter count per component (Table II)")
     add_task_arguments(summary, "cxr8")
-    summary.add_argument("--head", default="dqc", choices=HEADS)
+    summary.add_argument(
+        "--head",
+        default="dqc",
+        choices=HEADS,
+        help="cdl: one linear layer; dqc: the dressed quantum circuit (%(default)s)",
+    )
     summary.add_argument("--layers", type=int, default=3, help="DQC variational layers")
     summary.add_argument("--json", action="store_true", help="print JSON")
     summary.set_defaults(func=_summary)

@@ -89,8 +89,18 @@ class ResNet50(nn.Module):
     widths: Sequence[int] = STAGE_WIDTHS
     dtype: Any = jnp.float32  # compute dtype; bfloat16 is a GPU option, parameters stay float32
 
-    @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        x = self.feature_map(images, train)
+        # Pool in float32 so that bfloat16 compute still returns float32 features.
+        return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
+
+    @nn.compact
+    def feature_map(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """Stage 4's output before the global pool, (B, H/32, W/32, 2048): Grad-CAM's layer.
+
+        The layers live here (the one compact method) under the same names as before, so the
+        variables, the imported weights and `__call__`'s output are unchanged.
+        """
         x = _conv(STEM_WIDTH, 7, 2, "stem_conv", self.dtype)(images)
         x = nn.relu(_norm(train, "stem_bn", self.dtype)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -98,8 +108,7 @@ class ResNet50(nn.Module):
             for block in range(depth):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = Bottleneck(width, stride, self.dtype, name=block_name(stage, block))(x, train)
-        # Pool in float32 so that bfloat16 compute still returns float32 features.
-        return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
+        return x
 
 
 def block_name(stage: int, block: int) -> str:

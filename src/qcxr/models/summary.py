@@ -8,15 +8,24 @@ import jax.numpy as jnp
 from qcxr.labels import Task, resolve_task
 from qcxr.models.heads import make_head
 
+# Parameter name in the head -> component name, per head. The DQC's rows are Table II's (its
+# "Quantum Preprocess" row, 3n angles, is the circuit: "Quantum" here). The CDL head is one
+# linear layer of size n that is the whole classification head (Sec. III-C.1, Fig. 1); Table II
+# counts it in the "Classical Preprocess" row it shares with the DQC, but for the CDL nothing
+# follows it, so it is named for what it is. The classical preprocessing layer proper is the
+# first part of the dressed quantum circuit (Sec. III-C.2, Fig. 2).
 COMPONENTS = {
-    "preprocess": "Classical Preprocess",
-    "circuit": "Quantum",
-    "postprocess": "Classical Postprocess",
+    "cdl": {"preprocess": "Classical Linear Head"},
+    "dqc": {
+        "preprocess": "Classical Preprocess",
+        "circuit": "Quantum",
+        "postprocess": "Classical Postprocess",
+    },
 }
 
 
 def head_param_counts(task: str | Task, head: str, num_layers: int = 3) -> dict[str, int]:
-    """{Table II component: trainable parameters} for a head, from its initialised shapes.
+    """{component: trainable parameters} for a head, from its initialised shapes.
 
     Any number of labels n: the shapes are traced (not computed) on the circuit backend
     "auto" picks for n, which can trace large n.
@@ -30,7 +39,7 @@ def head_param_counts(task: str | Task, head: str, num_layers: int = 3) -> dict[
     params = shapes["params"]
     return {
         label: sum(int(leaf.size) for leaf in jax.tree.leaves(params[name]))
-        for name, label in COMPONENTS.items()
+        for name, label in COMPONENTS[head].items()
         if name in params
     }
 

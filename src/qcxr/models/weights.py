@@ -7,7 +7,9 @@ Sources, in the order they are recognised:
   an existing file                          a state dict (.safetensors, .pth, .pt, .bin), either
                                             torchvision's resnet50 keys or Hugging Face's
   anything else                             a hub id, "microsoft/resnet-50" or "org/name@revision",
-                                            through huggingface_hub (honours HF_HUB_OFFLINE, cache)
+                                            through huggingface_hub (honours HF_HUB_OFFLINE, cache;
+                                            a hub that does not answer one short request: the
+                                            cache only, so no minute of retries)
 
 Every tensor of the backbone must be present with the right shape; classifier tensors (fc.*,
 classifier.*) and num_batches_tracked are ignored. Anything else is an error that lists it.
@@ -29,6 +31,8 @@ from qcxr.models.resnet import STAGE_DEPTHS, STAGE_WIDTHS, block_name, variable_
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 RANDOM_PATTERN = re.compile(r"^random(?::(\d+)|\(seed=(\d+)\))?$")
 HUB_ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)?(@[\w./-]+)?$")
+
+HUB_PROBE_TIMEOUT_S = 5.0  # one HEAD request to the hub before any download (hub_unreachable)
 
 HOW_TO_PROVIDE = (
     "Provide ResNet-50 weights in one of these ways:\n"
@@ -192,12 +196,28 @@ def _offline() -> bool:
     return flag or huggingface_hub.is_offline_mode()
 
 
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub ($HF_ENDPOINT) cannot be reached, or None when it answers.
+
+    One request without retries: unanswered, huggingface_hub retries every file for ~23 s.
+    """
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - any failure to get an answer (httpx's many types)
+        return f"{constants.ENDPOINT} cannot be reached ({type(err).__name__}: {err})"
+    return None
+
+
 def _from_hub(source: str, cache_dir: str | None) -> tuple[dict, str]:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo_id, _, revision = source.partition("@")
     offline = _offline()
+    unreachable = None if offline else hub_unreachable()
+    local_only = offline or unreachable is not None  # then the cache is all there is
     fetched: dict[str, Path] = {}
     failures = []
     for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
@@ -210,17 +230,21 @@ def _from_hub(source: str, cache_dir: str | None) -> tuple[dict, str]:
                     name,
                     revision=revision or None,
                     cache_dir=cache_dir,
-                    local_files_only=offline,
+                    local_files_only=local_only,
                 )
             )
         except (EntryNotFoundError, OSError, ValueError) as err:
-            failures.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0]}")
+            cached_only = local_only and isinstance(err, LocalEntryNotFoundError)
+            said = "not in the local cache" if cached_only else str(err).splitlines()[0]
+            failures.append(f"{name}: {type(err).__name__}: {said}")
     weights = fetched.get("model.safetensors") or fetched.get("pytorch_model.bin")
     if "config.json" not in fetched or weights is None:
-        mode = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if offline else ""
+        why = "offline (HF_HUB_OFFLINE is set)" if offline else unreachable
+        mode = f": {why}, and they are not in the local cache" if why else ""
         raise WeightsNotFoundError(
-            f"could not obtain ResNet-50 weights {source!r} from the Hugging Face hub"
-            f"{' ' + mode if mode else ''}:\n  " + "\n  ".join(failures) + f"\n{HOW_TO_PROVIDE}"
+            f"could not obtain ResNet-50 weights {source!r} from the Hugging Face hub{mode}:\n  "
+            + "\n  ".join(failures)
+            + f"\n{HOW_TO_PROVIDE}"
         )
     check_hf_config(fetched["config.json"])
     variables = variables_from_state_dict(read_state_dict(weights), where=f"{source} ({weights})")

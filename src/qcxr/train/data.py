@@ -1,9 +1,9 @@
-"""The data a run trains and predicts on, read from a study (labels, images) or feature stores.
+"""The data a run trains and predicts on, read from its study (labels, images; qcxr.data.study)
+or feature stores.
 
-Train and val come from the study's NIH-CXR-LT files or, for labels NIH lacks, its CXR-LT 2023
-MIMIC train/val files (data.source; `training_source`). Test sets are named as in
-predictions-<testset>.parquet: "nih" (the NIH-CXR-LT test split) and "mimic" (the MIMIC-CXR-LT
-test file); the one from the other dataset than train is the external test, where labels its
+Train and val come from the study's training files (data.format, data.source); test sets are
+named as in predictions-<testset>.parquet ("nih" and "mimic" for the NIH-CXR-LT study layout,
+"test" for a label table). A test set from another dataset than train is external: labels its
 file lacks are NaN.
 """
 
@@ -18,16 +18,10 @@ from typing import Any
 import numpy as np
 
 from qcxr import rundir
-from qcxr.config import SOURCES, Config, task_of
-from qcxr.labels import Task
+from qcxr.config import Config, task_of
+from qcxr.data.study import without_skipped
 
 SPLITS = ("train", "val")
-TESTSETS = {"nih": "test", "mimic": "mimic"}  # testset name -> feature store split
-# training source -> feature store split of train and val (`qcxr features --split`)
-TRAIN_STORES = {
-    "nih": {"train": "train", "val": "val"},
-    "mimic": {"train": "mimic-train", "val": "mimic-val"},
-}
 
 
 @dataclass(frozen=True)
@@ -78,42 +72,18 @@ class ImageData:
         return checksums(self.train, self.val, self.tests)
 
 
-def _lacking(path: Path, task: Task) -> list[str] | None:
-    """Task labels a label file lacks (None: no such file)."""
-    from qcxr.data.datasets import file_labels
-
-    if not path.is_file():
-        return None
-    present = set(file_labels(path))
-    return [name for name in task.labels if name not in present]
-
-
 def training_source(config: Config) -> str:
-    """Where train and val come from, "nih" or "mimic": data.source, or for "auto" nih when the
-    study's NIH train file carries every task label, else mimic when its MIMIC train file does;
-    else an error naming both files and the labels each lacks."""
-    from qcxr.data.datasets import missing_message, study_paths
+    """Where train and val come from: "nih", "mimic" or "table" (qcxr.data.study)."""
+    from qcxr.data.study import training_source as source_of
 
-    setting = config.data.source
-    if setting not in SOURCES:
-        raise ValueError(f"data.source: unknown source {setting!r}; choose from {SOURCES}")
-    if setting != "auto":
-        return setting
-    if not config.data.study:
-        raise ValueError("no study given: pass --study ROOT (or set data.study in the config)")
-    paths, task = study_paths(config.data.study), task_of(config)
-    nih, mimic = paths.nih_csv["train"], paths.mimic_split_csv["train"]
-    lacking = {path: _lacking(path, task) for path in (nih, mimic)}
-    for path, absent in lacking.items():
-        if absent == []:
-            return "nih" if path == nih else "mimic"
-    reasons = [
-        missing_message(path, task, absent) if absent else f"{path}: not found"
-        for path, absent in lacking.items()
-    ]
-    raise ValueError(
-        "; ".join(reasons) + " (data.source auto: no training label file has every task label)"
-    )
+    return source_of(config.data, task_of(config))
+
+
+def study_of(config: Config) -> Any:
+    """The run's qcxr.data.study.Study."""
+    from qcxr.data.study import open_study
+
+    return open_study(config.data, task_of(config))
 
 
 def _warn_missing(dataset: Any) -> None:
@@ -126,43 +96,20 @@ def _warn_missing(dataset: Any) -> None:
 
 
 def datasets(config: Config, *, check_files: bool) -> dict[str, Any]:
-    """LabeledImages for train, val, nih (test) and mimic (test), those the study has.
+    """LabeledImages of train, val and every test set the study has (qcxr.data.study).
 
-    Train and val come from `training_source`; both must carry every task label, and so must
-    the test set of the same dataset. The other dataset's test set is external: labels it lacks
-    are NaN (with a warning).
+    Train and val must carry every task label, and so must the test set of the same dataset;
+    an external test set's missing labels are NaN (with a warning).
     """
-    from qcxr.data.datasets import MIMICCXRLT, NIHCXRLT, study_paths
+    study = study_of(config)
+    out = {name: study.dataset(name, check_files=check_files) for name in study.stores()}
+    if study.source in ("nih", "mimic") and "mimic" not in out:
+        from qcxr.data.datasets import study_paths
 
-    if not config.data.study:
-        raise ValueError("no study given: pass --study ROOT (or set data.study in the config)")
-    source, task = training_source(config), task_of(config)
-    paths = study_paths(config.data.study)
-    metadata = paths.mimic_metadata if paths.mimic_metadata.is_file() else None
-
-    def nih(split: str) -> Any:
-        return NIHCXRLT(
-            paths.nih_csv[split], paths.nih_images, task, check_files=check_files,
-            allow_missing_labels=source != "nih",
-        )  # fmt: skip
-
-    def mimic(split: str) -> Any:
-        return MIMICCXRLT(
-            paths.mimic_split_csv[split], paths.mimic_root, task, metadata_csv=metadata,
-            allow_missing_labels=source != "mimic", check_files=check_files,
-        )  # fmt: skip
-
-    reader = nih if source == "nih" else mimic
-    out = {"train": reader("train"), "val": reader("val")}
-    if source == "nih" or paths.nih_csv["test"].is_file():
-        out["nih"] = nih("test")
-    if paths.mimic_csv.is_file():
-        out["mimic"] = mimic("test")
-    else:
-        print(f"note: {paths.mimic_csv} not found; no mimic test set", file=sys.stderr)
-    for name in ("nih", "mimic"):
-        if name in out:
-            _warn_missing(out[name])
+        missing = study_paths(config.data.study).mimic_csv
+        print(f"note: {missing} not found; no mimic test set", file=sys.stderr)
+    for name in study.testsets:
+        _warn_missing(out[name])
     return out
 
 
@@ -269,7 +216,7 @@ def aligned(store: Any, dataset: Any, path: Path) -> Split:
 
 
 def _missing_external(path: Path, name: str, dataset: Any, config: Config, required: bool):
-    redo = _redo(path, TESTSETS[name], config, {}).replace(" --overwrite", "")
+    redo = _redo(path, study_of(config).testsets[name], config, {}).replace(" --overwrite", "")
     if required:
         raise ValueError(
             f"{path}: no feature store for the external test set {name!r} "
@@ -301,24 +248,23 @@ def load_frozen_data(config: Config, *, require_external_test: bool | None = Non
     if require_external_test is None:
         require_external_test = bool(getattr(config.train, "require_external_test", True))
     directory = Path(config.data.features)
+    study = study_of(config)
     labelled = datasets(config, check_files=False)
-    source = training_source(config)
     splits: dict[str, Split] = {}
     weights: dict[str, str] = {}
     unverified: list[str] = []
-    for name, file in (*TRAIN_STORES[source].items(), *TESTSETS.items()):
+    for name, file in study.stores().items():
         path = directory / f"{file}.safetensors"
-        if name not in labelled:
-            continue
-        if name in TESTSETS and name != source and not path.is_file():
+        if study.external(name) and not path.is_file():
             _missing_external(path, name, labelled[name], config, require_external_test)
             continue
         store = load_feature_store(path)  # checks the content checksum, when recorded
-        check_provenance(store, labelled[name], path, file, config)
+        dataset = without_skipped(labelled[name], store_skipped(store), str(path))
+        check_provenance(store, dataset, path, file, config)
         if not store.verified:
             unverified.append(path.name)
         weights[path.name] = str(store.meta.get("weights", "unknown"))
-        splits[name] = aligned(store, labelled[name], path)
+        splits[name] = aligned(store, dataset, path)
     if len(set(weights.values())) > 1:
         named = ", ".join(f"{k}: {v!r}" for k, v in weights.items())
         raise ValueError(
@@ -336,10 +282,18 @@ def load_frozen_data(config: Config, *, require_external_test: bool | None = Non
     if config.train.standardize_features:
         norm = feature_norm(splits["train"].inputs)
         splits = {name: standardized(split, norm) for name, split in splits.items()}
-    tests = {name: splits[name] for name in TESTSETS if name in splits}
+    tests = {name: splits[name] for name in study.testsets if name in splits}
     return FrozenData(
-        splits["train"], splits["val"], tests, next(iter(weights.values())), norm, source
+        splits["train"], splits["val"], tests, next(iter(weights.values())), norm, study.source
     )
+
+
+def store_skipped(store: Any) -> list[str]:
+    """Ids a feature store has no row for because `qcxr cache build --on-bad-image skip`
+    skipped their images (its field skipped_ids)."""
+    import json
+
+    return list(json.loads(store.meta.get("skipped_ids", "[]")))
 
 
 def feature_norm(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -362,7 +316,10 @@ def standardized(split: Split, norm: tuple[np.ndarray, np.ndarray]) -> Split:
 def save_feature_norm(run_dir: Path, norm: tuple[np.ndarray, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
+    from qcxr.features import ordinary_mode
+
     save_file({"mean": norm[0], "std": norm[1]}, str(run_dir / rundir.FEATURE_NORM))
+    ordinary_mode(run_dir / rundir.FEATURE_NORM)
 
 
 def load_feature_norm(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -383,14 +340,24 @@ def label_frequency(labels: np.ndarray) -> np.ndarray:
 
 def load_image_data(config: Config, cache_dir: str | Path, progress: bool = True) -> ImageData:
     """Datasets of the study and an image cache holding all their images (built if needed)."""
-    from qcxr.data.cache import ImageCache
+    from qcxr.data.cache import ImageCache, source_key
+    from qcxr.data.datasets import check_images
 
-    sets = datasets(config, check_files=True)
+    study = study_of(config)
     cache = ImageCache(Path(cache_dir))
+    skipped = cache.skipped()  # images `qcxr cache build --on-bad-image skip` left out
+    # Without skips, the readers check the files (a missing one named by file, row, column).
+    sets = datasets(config, check_files=not skipped)
+    for name, dataset in sets.items():
+        ids = [
+            i for i, p in zip(dataset.ids, dataset.paths, strict=True) if source_key(p) in skipped
+        ]
+        sets[name] = without_skipped(dataset, ids, str(cache.directory))
+        check_images(sets[name].paths, sets[name].label_file)
     paths = [p for split in sets.values() for p in split.paths]
     cache.build(paths, threads=config.data.loader_threads, progress=progress)
-    tests = {name: sets[name] for name in TESTSETS if name in sets}
-    return ImageData(sets["train"], sets["val"], tests, cache, training_source(config))
+    tests = {name: sets[name] for name in study.testsets if name in sets}
+    return ImageData(sets["train"], sets["val"], tests, cache, study.source)
 
 
 def train_counts(labels: np.ndarray, names: list[str]) -> dict[str, float]:

@@ -22,11 +22,12 @@ from qcxr.data.loader import Loader
 from qcxr.rundir import RunResult
 from qcxr.train import interrupt, parallel
 from qcxr.train.data import ImageData, load_image_data
+from qcxr.train.history import mean_auroc
 from qcxr.train.model import Model, init_variables
 from qcxr.train.runbook import BatchHook, NonFiniteLossError, RunBook, TestPredictions
 from qcxr.train.state import TrainState, create_state, variables_of
 from qcxr.train.step import make_eval_sums, make_train_step
-from qcxr.train.trainer import Trainer
+from qcxr.train.trainer import StepClock, Trainer
 
 
 def padded_rows(images: np.ndarray, labels: np.ndarray, width: int):
@@ -85,14 +86,17 @@ class FinetuneTrainer(Trainer):
             images, labels, weight = padded_rows(batch.images, batch.labels, self.eval_width)
             yield len(batch.ids), images, labels, weight
 
-    def val_loss(self, variables: Any) -> float:
-        total, count = 0.0, 0.0
-        for _, images, labels, weight in self.ordered(self.data.val):
-            s, c = self.eval_sums(
+    def validate(self, variables: Any) -> tuple[float, float]:
+        """Validation loss and mean AUROC, from one pass over the split."""
+        total, count, probs, truth = 0.0, 0.0, [], []
+        for size, images, labels, weight in self.ordered(self.data.val):
+            s, c, p = self.eval_sums(
                 variables, *(parallel.shard(a, self.rows) for a in (images, labels, weight))
             )
             total, count = total + float(s), count + float(c)
-        return total / max(count, 1.0)
+            probs.append(parallel.to_host(p)[:size])
+            truth.append(labels[:size])
+        return total / max(count, 1.0), mean_auroc(np.concatenate(probs), np.concatenate(truth))
 
     def test_predictions(self, variables: Any) -> TestPredictions:
         variables = parallel.replicate(variables, self.mesh)
@@ -145,22 +149,24 @@ class FinetuneTrainer(Trainer):
                 book.preempt(state, interrupt.requested())
                 return state, True
         bar.close()
-        val = self.val_loss(variables_of(state))
-        return state, self.end_epoch(book, val, time.perf_counter() - began, state)
+        val, auroc = self.validate(variables_of(state))
+        return state, self.end_epoch(book, val, time.perf_counter() - began, state, auroc)
 
     def train_batch(self, book: RunBook, state: TrainState, batch: Any, hook: BatchHook | None):
         key = augment_key(book.seed, book.epoch, batch.position)
         width = parallel.padded_size(len(batch.ids), self.mesh)
         images, labels, weight = padded_rows(batch.images, batch.labels, width)
-        state, value = self.step(
-            state, *(parallel.shard(a, self.rows) for a in (images, labels, weight)), key
-        )
-        book.record_step(float(value))
+        with StepClock() as clock:
+            state, value = self.step(
+                state, *(parallel.shard(a, self.rows) for a in (images, labels, weight)), key
+            )
+            value = float(value)
+        book.record_step(value, clock.seconds)
         if hook is not None:
             hook(book.config, book.epoch, batch.position, list(batch.ids), key)
         if book.checkpoint_due(batch.position, batch.position + 1):
             book.save_latest(state)
-        return state, float(value)
+        return state, value
 
 
 def train_finetune(
@@ -187,5 +193,9 @@ def _train_finetune(config, run_dir, data, resume, progress, on_batch, mesh) -> 
         data = load_image_data(config, cache, progress)
     trainer = FinetuneTrainer(config, data, mesh or parallel.data_mesh(), progress)
     book = trainer.open_book(config, run_dir, resume)
-    trainer.train(book, on_batch)
+    try:
+        trainer.train(book, on_batch)
+    except BaseException:
+        book.abandon()
+        raise
     return trainer.conclude(book)

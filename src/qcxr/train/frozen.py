@@ -7,6 +7,7 @@ loader does, so the same seed sees the same examples in the same order in both m
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from qcxr.data.loader import epoch_order
 from qcxr.rundir import RunResult
 from qcxr.train import interrupt, parallel
 from qcxr.train.data import FrozenData, load_frozen_data, save_feature_norm
+from qcxr.train.history import mean_auroc
 from qcxr.train.model import Model, init_variables
 from qcxr.train.runbook import BatchHook, NonFiniteLossError, RunBook, TestPredictions
 from qcxr.train.state import TrainState, create_state
@@ -32,7 +34,7 @@ from qcxr.train.step import (
     make_frozen_predict,
     make_train_step,
 )
-from qcxr.train.trainer import Trainer
+from qcxr.train.trainer import StepClock, Trainer
 
 CHUNK_STEPS = 128  # batches per on-device scan (one dispatch, one progress update)
 
@@ -191,14 +193,17 @@ class FrozenTrainer(Trainer):
         start, end = span
         index, weight, view = self.epoch_batches(active, epoch, start, end)
         rows = parallel.batch_sharding(self.mesh, 2)
-        state, losses = self.chunk(
-            state,
-            self.train_x,
-            self.train_y,
-            *(parallel.shard(a, rows) for a in (index, weight, view)),
-        )
-        losses = np.asarray(losses)
-        batches = (index, weight, view)
+        with StepClock() as clock:
+            state, losses = self.chunk(
+                state,
+                self.train_x,
+                self.train_y,
+                *(parallel.shard(a, rows) for a in (index, weight, view)),
+            )
+            losses = np.asarray(losses)
+        # Every step of the scan gets an equal share of its time (seeds trained together share it).
+        seconds = None if clock.seconds is None else clock.seconds / max(end - start, 1)
+        batches = (index, weight, view, seconds)
         failed = [
             s
             for s, book in enumerate(active)
@@ -214,10 +219,10 @@ class FrozenTrainer(Trainer):
     def record_chunk(self, book, losses, epoch, start, batches, s, hook) -> bool:
         """Enter one seed's chunk losses in its book (and show the hook its batches); False when
         a loss was not finite and the run stopped."""
-        index, weight, view = batches
+        index, weight, view, seconds = batches
         try:
             for k, value in enumerate(losses):
-                book.record_step(float(value))
+                book.record_step(float(value), seconds)
                 if hook is not None:
                     real = weight[k, s] > 0
                     views = view[k, s][real] if self.views > 1 else None
@@ -230,19 +235,26 @@ class FrozenTrainer(Trainer):
 
     def finish_epoch(self, active: list[RunBook], state: Any, began: float):
         """Validation of every seed, then each book's epoch end; the seeds that go on."""
-        val = np.asarray(
-            self.evaluate(
-                {"params": state.params}, self.val_x, self.val_y, self.val_index, self.val_weight
-            )
-        )
+        val, aurocs = self.validate(state)
         seconds = time.perf_counter() - began
         singles = unstack(state, len(active))
         stopped = [
             s
             for s, book in enumerate(active)
-            if self.end_epoch(book, float(val[s]), seconds, singles[s])
+            if self.end_epoch(book, float(val[s]), seconds, singles[s], aurocs[s])
         ]
         return keep(active, state, stopped) if stopped else (active, state)
+
+    def validate(self, state: Any) -> tuple[np.ndarray, list[float]]:
+        """Validation loss and mean AUROC of every seed, from one pass over the split."""
+        val, probs = self.evaluate(
+            {"params": state.params}, self.val_x, self.val_y, self.val_index, self.val_weight
+        )
+        probs = parallel.to_host(probs)  # (M, S, B, n), padding rows at the end
+        rows = len(self.data.val.ids)
+        per_seed = probs.transpose(1, 0, 2, 3).reshape(probs.shape[1], -1, probs.shape[-1])
+        labels = self.data.val.labels
+        return np.asarray(val), [mean_auroc(p[:rows], labels) for p in per_seed]
 
     def test_predictions(self, variables: dict[str, Any]) -> TestPredictions:
         out = {}
@@ -282,6 +294,29 @@ def same_cell(configs: list[Config]) -> None:
             raise ValueError("seeds trained together must share every setting but the seed")
 
 
+def with_feature_weights(config: Config, weights: str) -> Config:
+    """The config a frozen run records: model.weights is the identity of the weights its
+    features were extracted with (the stores' field weights), whatever the config said: the
+    head never saw any other backbone."""
+    if config.model.weights == weights:
+        return config
+    model = dataclasses.replace(config.model, weights=weights)
+    return dataclasses.replace(config, model=model)
+
+
+def warn_random_weights(weights: str) -> None:
+    """The loud banner of random backbone weights, once per process, as `qcxr features` says."""
+    from qcxr.models.weights import random_weights_warning
+
+    banner = random_weights_warning(weights)
+    if banner and parallel.is_main_process() and weights not in _WARNED:
+        _WARNED.add(weights)
+        print(banner, file=sys.stderr)
+
+
+_WARNED: set[str] = set()
+
+
 def train_frozen(
     configs: list[Config],
     run_dirs: list[str | Path],
@@ -303,6 +338,8 @@ def train_frozen(
 def _train_frozen(configs, run_dirs, data, resume, progress, on_batch, mesh) -> list[RunResult]:
     same_cell(configs)
     data = data or load_frozen_data(configs[0])
+    configs = [with_feature_weights(c, data.weights) for c in configs]
+    warn_random_weights(data.weights)
     trainer = FrozenTrainer(configs[0], data, mesh or parallel.data_mesh(), progress)
     books = [trainer.open_book(c, d, resume) for c, d in zip(configs, run_dirs, strict=True)]
     for book in books:
@@ -312,8 +349,13 @@ def _train_frozen(configs, run_dirs, data, resume, progress, on_batch, mesh) -> 
         if not book.training_done:
             key = (book.epoch, book.position) if vmap_wanted(configs[0]) else (book.seed,)
             groups.setdefault(key, []).append(book)
-    for group in groups.values():
-        trainer.train(group, on_batch)
+    try:
+        for group in groups.values():
+            trainer.train(group, on_batch)
+    except BaseException:
+        for book in books:
+            book.abandon()
+        raise
     for book in books:
         if data.norm is not None and parallel.is_main_process():
             save_feature_norm(book.run_dir, data.norm)

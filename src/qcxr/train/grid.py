@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from qcxr import config as config_lib
 from qcxr import configs, rundir
 from qcxr.config import Config, ConfigError
@@ -98,9 +96,7 @@ def read_grid(source: str | Path | dict[str, Any]) -> Grid:
         data = dict(source)
     else:
         path = configs.path(source)  # a file, or a bundled config's name ("paper")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+        data = config_lib.read_yaml(path)  # malformed YAML, a repeated key: one line
     experiment = str(data.pop("experiment", Path(where).stem if where != "grid" else "default"))
     axes = data.pop("grid", {}) or {}
     if not isinstance(axes, dict):
@@ -304,15 +300,15 @@ class CellData:
     def frozen(self, config: Config) -> Any:
         from qcxr.train.data import load_frozen_data
 
-        d = config.data
-        key = ("frozen", config.task, config.labels, d.study, d.features, d.source, d.crop,
-               d.resize_shortest, d.resample, config.train.require_external_test)  # fmt: skip
+        # every data setting (format, table, label policies, splits) decides what is loaded
+        key = ("frozen", config.task, config.labels, repr(config.data),
+               config.train.require_external_test, config.train.standardize_features)  # fmt: skip
         return self._get(key, lambda: load_frozen_data(config))
 
     def images(self, config: Config, cache: str) -> Any:
         from qcxr.train.data import load_image_data
 
-        key = ("images", config.task, config.labels, config.data.study, config.data.source, cache)
+        key = ("images", config.task, config.labels, repr(config.data), cache)
         return self._get(key, lambda: load_image_data(config, cache, self.progress))
 
     def _get(self, key: tuple, load: Callable[[], Any]) -> Any:

@@ -27,14 +27,20 @@ class TinyBackbone(nn.Module):
     """A small patch-MLP with BatchNorm for tests on CPU; same call signature as resnet50().
 
     8x8 patches -> Dense -> BatchNorm -> ReLU, twice, then the global mean: no convolutions,
-    because XLA's CPU compiler takes seconds per convolution shape.
+    because XLA's CPU compiler takes seconds per convolution shape. A Dense on non-overlapping
+    patches is a convolution with kernel = stride = 8, and the second a 1x1 convolution, so
+    `feature_map` (before the mean) is its last convolutional block for Grad-CAM.
     """
 
     features: int = 64
     patch: int = 8
 
-    @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        return jnp.mean(self.feature_map(images, train), axis=(1, 2))
+
+    @nn.compact
+    def feature_map(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """(B, H/8, W/8, features) before the global mean; the same variables as `__call__`."""
         b, h, w, c = images.shape
         p = self.patch
         x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
@@ -43,7 +49,7 @@ class TinyBackbone(nn.Module):
             x = nn.Dense(width, use_bias=False)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
             x = nn.relu(x)
-        return jnp.mean(x, axis=(1, 2))
+        return x
 
 
 def resolved_backend(config: Config) -> str | None:

@@ -1,4 +1,5 @@
-"""What one run records while it trains: position, early stopping, history, checkpoints, status.
+"""What one run records while it trains: position, early stopping, history, checkpoints,
+tracking (TensorBoard, MLflow: qcxr.train.tracking), status.
 
 The files themselves and their names belong to qcxr.rundir; this module decides when each is
 written. A run is finished exactly when status.json says so, and status.json is written last.
@@ -20,7 +21,7 @@ import numpy as np
 from qcxr import rundir
 from qcxr.config import Config
 from qcxr.rundir import RunError, RunResult
-from qcxr.train import parallel
+from qcxr.train import parallel, tracking
 from qcxr.train.checkpoint import RunCheckpoints
 from qcxr.train.early_stopping import EarlyStopping
 from qcxr.train.history import History
@@ -36,6 +37,16 @@ BatchHook = Callable[[Config, int, int, list[str], Any], None]
 TestPredictions = dict[str, tuple[list[str], np.ndarray, np.ndarray, list[str]]]
 
 
+def write_splits(config: Config, run_dir: Path) -> None:
+    """<run>/splits.csv: the split of every image of a label table (drawn by patient unless
+    the table says), so that the run can be reproduced and checked."""
+    if config.data.format not in ("chexpert", "table"):
+        return
+    from qcxr.data.tables import table_splits
+
+    table_splits(config.data).to_csv(run_dir / rundir.SPLITS, index=False)
+
+
 class NonFiniteLossError(RunError):
     """A train or validation loss was NaN or infinite; the run stopped, checkpoints kept."""
 
@@ -44,6 +55,7 @@ class RunBook:
     """Everything one run records: position, early stopping, history, checkpoints, status."""
 
     last_train_loss = math.nan
+    last_val_auroc = math.nan
 
     def __init__(self, config: Config, run_dir: str | Path, *, resume: bool, steps_per_epoch: int):
         self.config = config
@@ -52,6 +64,8 @@ class RunBook:
         self.steps_per_epoch = steps_per_epoch
         self.checkpoints_every = config.train.checkpoint_every
         main = parallel.is_main_process()
+        if config.train.tracking == "mlflow":
+            tracking.require_mlflow()  # before anything is touched: how to install it
         if main:
             rundir.lock(self.run_dir)  # first: nothing of the run is touched by a second process
         parallel.barrier("qcxr-run-locked")  # the other processes wait until process 0 has it
@@ -67,6 +81,7 @@ class RunBook:
             self._start_over()
         if main:
             rundir.write_config(self.run_dir, config, resume)
+            write_splits(config, self.run_dir)
         # Only process 0 writes the run's files; the others keep the same book, writing nowhere.
         self.history = History(self.run_dir / rundir.HISTORY if main else Path(os.devnull))
         self.stopping = EarlyStopping(config.train.patience, config.train.max_epochs)
@@ -79,6 +94,14 @@ class RunBook:
         self.history.start(self.step if self.resumed else None)
         if main:
             rundir.clear_results(self.run_dir)
+        self.tracker = tracking.open_tracker(
+            config,
+            self.run_dir,
+            step=self.step,
+            resumed=self.resumed,
+            steps_per_epoch=steps_per_epoch,
+            main=main,
+        )
 
     def _start_over(self) -> None:
         """A resume without a latest checkpoint trains from the start; an orphaned best
@@ -119,7 +142,8 @@ class RunBook:
             "seed": self.seed,
         }
 
-    def record_step(self, value: float) -> None:
+    def record_step(self, value: float, seconds: float | None = None) -> None:
+        """A train step's loss (and its wall seconds, None when not measured)."""
         if not math.isfinite(value):
             self.fail(
                 f"train loss is {value} at epoch {self.epoch + 1}, batch position "
@@ -130,6 +154,7 @@ class RunBook:
         self.loss_sum += value
         self.loss_count += 1
         self.history.step(self.epoch + 1, self.step, value)
+        self.tracker.step(self.step, value, seconds)
 
     def checkpoint_due(self, start: int, end: int) -> bool:
         """Whether batches [start, end) of this epoch crossed a mid-epoch checkpoint point."""
@@ -138,8 +163,10 @@ class RunBook:
 
     def save_latest(self, state: TrainState) -> None:
         self.history.flush()  # rows first: a resume cuts rows beyond the checkpoint's step
+        self.tracker.flush()  # events too: a resume purges those beyond it
         self._checkpoint(self.checkpoints.save_latest, self.step, state, self.meta())
         self.saved_step = self.step
+        self.tracker.saved(self.step)
 
     def preempt(self, state: TrainState | None, signal_name: str) -> None:
         """Stop here for a signal: the latest checkpoint at this exact position (unless it is
@@ -174,14 +201,17 @@ class RunBook:
                 )
             raise
 
-    def end_epoch(self, val_loss: float, epoch_time: float, state: TrainState) -> str | None:
+    def end_epoch(
+        self, val_loss: float, epoch_time: float, state: TrainState, val_auroc: float = math.nan
+    ) -> str | None:
         """Record the epoch, keep the best, checkpoint; the stop reason or None."""
         if not math.isfinite(val_loss):
             self.fail(f"validation loss is {val_loss} after epoch {self.epoch + 1}")
         train_loss = self.loss_sum / max(self.loss_count, 1)
-        self.last_train_loss = train_loss
+        self.last_train_loss, self.last_val_auroc = train_loss, val_auroc
         self.stopping, improved = self.stopping.update(val_loss)
-        self.history.epoch(self.epoch + 1, self.step, train_loss, val_loss, epoch_time)
+        self.history.epoch(self.epoch + 1, self.step, train_loss, val_loss, epoch_time, val_auroc)
+        self.tracker.epoch(self.step, train_loss, val_loss, val_auroc)
         if improved:
             best = {"epoch": self.epoch + 1, "step": self.step, "val_loss": val_loss}
             self._checkpoint(self.checkpoints.save_best, self.step, variables_of(state), best)
@@ -194,13 +224,15 @@ class RunBook:
         print(
             f"{self.label} epoch {self.epoch}/{self.config.train.max_epochs} "
             f"train {self.last_train_loss:.4f} "
-            f"val {val_loss:.4f} best {self.stopping.best_loss:.4f} (epoch "
+            f"val {val_loss:.4f} AUROC {self.last_val_auroc:.4f} "
+            f"best {self.stopping.best_loss:.4f} (epoch "
             f"{self.stopping.best_epoch}) {epoch_time:.1f}s",
             flush=True,
         )
 
     def fail(self, message: str) -> None:
         self.history.flush()
+        self.tracker.flush()
         latest = self.checkpoints.latest_meta()
         kept = f"latest at step {latest['step']}" if latest else "none yet"
         full = (
@@ -241,7 +273,17 @@ class RunBook:
         )
         return result
 
+    def abandon(self) -> None:
+        """Training ended by an exception: the trackers are closed now (MLflow: failed), not at
+        exit, where they would overwrite what a resume in this process records."""
+        self.tracker.close(None)
+
     def close(self) -> None:
-        """Let background deletions finish and give the run directory up."""
+        """Close the trackers (with the run's status), let background deletions finish and give
+        the run directory up."""
+        status = None
+        with contextlib.suppress(OSError, ValueError):  # a status it cannot read: "failed"
+            status = rundir.read_status(self.run_dir) if parallel.is_main_process() else None
+        self.tracker.close((status or {}).get("status"))
         self.checkpoints.close()
         rundir.unlock(self.run_dir)

@@ -44,11 +44,14 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, loss: Elemen
     return train_step
 
 
-def make_eval_sums(model: Model, loss: Elementwise) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """(variables, inputs, labels, weights) -> (loss sum, term count) for an exact dataset mean."""
+def make_eval_sums(model: Model, loss: Elementwise) -> Callable[..., tuple[jax.Array, ...]]:
+    """(variables, inputs, labels, weights) -> (loss sum, term count, probabilities): the sums
+    for an exact dataset mean, and the predictions they came from (for the validation AUROC)."""
 
     def eval_sums(variables: Any, inputs: jax.Array, labels: jax.Array, weights: jax.Array):
-        return masked_sum_count(loss, model.logits(variables, inputs), labels, weights)
+        logits = model.logits(variables, inputs)
+        total, count = masked_sum_count(loss, logits, labels, weights)
+        return total, count, jax.nn.sigmoid(logits)
 
     return eval_sums
 
@@ -76,20 +79,21 @@ def make_frozen_chunk(step: TrainStep) -> Callable[..., tuple[TrainState, jax.Ar
     return chunk
 
 
-def make_frozen_eval(model: Model, loss: Elementwise) -> Callable[..., jax.Array]:
-    """Mean loss per seed over a whole split, batched on device: index/weights (M, B)."""
+def make_frozen_eval(model: Model, loss: Elementwise) -> Callable[..., tuple[jax.Array, ...]]:
+    """Mean loss per seed over a whole split, batched on device: index/weights (M, B) -> loss
+    (S,) and the probabilities (M, S, B, n) it came from (padding rows included)."""
     sums = jax.vmap(make_eval_sums(model, loss), in_axes=(0, None, None, None))
 
     def evaluate(variables, features, labels, index, weights):
         def body(acc, batch):
             idx, w = batch
-            total, count = sums(variables, gather(features, idx, 0), labels[idx], w)
-            return (acc[0] + total, acc[1] + count), None
+            total, count, probs = sums(variables, gather(features, idx, 0), labels[idx], w)
+            return (acc[0] + total, acc[1] + count), probs
 
         seeds = jax.tree.leaves(variables)[0].shape[0]
         zero = jnp.zeros((seeds,), jnp.float32)
-        (total, count), _ = jax.lax.scan(body, (zero, zero), (index, weights))
-        return total / jnp.maximum(count, 1.0)
+        (total, count), probs = jax.lax.scan(body, (zero, zero), (index, weights))
+        return total / jnp.maximum(count, 1.0), probs
 
     return evaluate
 

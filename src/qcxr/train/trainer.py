@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,31 @@ from qcxr.train.runinfo import write_versions
 from qcxr.train.state import TrainState, optimizer
 
 _COMPILED: dict[str, Any] = {}
+_COMPILES = [0]  # JAX compile events seen in this process (StepClock)
+
+
+def _count_compiles(event: str, duration: float, **_: Any) -> None:
+    if event.startswith("/jax/core/compile/"):  # tracing, lowering, backend compile
+        _COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
+class StepClock:
+    """Wall seconds of a jitted call until its results are on the host (the block ends after
+    they were read back), or None when JAX traced or compiled meanwhile: the first call of each
+    shape, whose time is mostly compilation, is not a step time."""
+
+    seconds: float | None = None
+
+    def __enter__(self) -> StepClock:
+        self._compiles, self._began = _COMPILES[0], time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self._began
+        self.seconds = elapsed if _COMPILES[0] == self._compiles else None
 
 
 def compiled(kind: str, config: Config, steps_per_epoch: int, frequency: np.ndarray, build):
@@ -36,7 +63,7 @@ def compiled(kind: str, config: Config, steps_per_epoch: int, frequency: np.ndar
     seeds, a resumed run and its reference): each is compiled once, not once per trainer."""
     neutral = dataclasses.replace(
         config,
-        train=dataclasses.replace(config.train, seed=0, patience=0),
+        train=dataclasses.replace(config.train, seed=0, patience=0, tracking="none"),
         data=dataclasses.replace(config.data, study="", features="", cache=""),
     )
     key = json.dumps(
@@ -111,10 +138,17 @@ class Trainer:
         desc = f"{label} epoch {epoch + 1}"
         return progress_bar(self.progress, self.steps_per_epoch, position, desc)
 
-    def end_epoch(self, book: RunBook, val_loss: float, seconds: float, state: TrainState) -> bool:
+    def end_epoch(
+        self,
+        book: RunBook,
+        val_loss: float,
+        seconds: float,
+        state: TrainState,
+        val_auroc: float = math.nan,
+    ) -> bool:
         """Record the epoch in the run's book; whether that run stops (done, or failed)."""
         try:
-            reason = book.end_epoch(val_loss, seconds, state)
+            reason = book.end_epoch(val_loss, seconds, state, val_auroc)
         except NonFiniteLossError as err:
             print(f"error: {err}", file=sys.stderr)
             return True
