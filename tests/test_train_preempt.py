@@ -54,6 +54,7 @@ def _resume_and_compare(tmp_path, sections, data_args, seeds, runs):
         assert_same_run(run, ref)
 
 
+@pytest.mark.slow  # ~26 s; `make test` keeps the CLI SIGTERM test below and the kill tests
 def test_frozen_sigterm_mid_epoch_saves_and_resumes_to_the_same_result(tmp_path):
     # 10 batches per epoch in chunks of 3 (checkpoint_every): a signal during batch 4 of the
     # second epoch stops the runs at the end of that chunk, position 6 (step 16).

@@ -78,14 +78,28 @@ def require_mlflow() -> Any:
 # ----------------------------------------------------------------------------- TensorBoard
 
 
+def _event_writer() -> tuple:
+    """tensorboardX's event writer and protos. Importing tensorboardX imports torch when it is
+    installed (3 s, for its SummaryWriter's tensors, which the event writer never uses): torch
+    is kept out of that one import, unless this process has already imported it."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` fails at once
+    try:
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.proto.summary_pb2 import Summary
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return EventsWriter, Event, SessionLog, Summary
+
+
 class TensorBoardWriter:
     name = "tensorboard"
 
     def __init__(self, run_dir: Path, purge_step: int):
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event, SessionLog
-        from tensorboardX.proto.summary_pb2 import Summary
-
+        EventsWriter, Event, SessionLog, Summary = _event_writer()
         directory = run_dir / rundir.TENSORBOARD
         directory.mkdir(parents=True, exist_ok=True)
         # Names carry time and host; the part number keeps two writers of one second apart and
