@@ -140,7 +140,8 @@ class DataConfig:
     # or {train, val, test} files) with image paths relative to data.images.
     format: Format = "nih-cxr-lt"
     csv: str | dict[Literal["train", "val", "test"], str] = ""
-    images: str = ""  # image root the path column is relative to
+    images: str = ""  # image root the path column starts from ("" = the train file's folder;
+    # chexpert: the folder above it, which holds CheXpert-v1.0-small/)
     path_column: str = ""  # "" = the format's: table "path", chexpert "Path"
     patient_column: str = ""  # "" = table: none (one image per patient); chexpert: from Path
     split_column: str = ""  # values train/val/test; "" = one file per split, or patient splits

@@ -116,7 +116,7 @@ def open_dataset(args: argparse.Namespace):
         sets = {store: name for name, store in study.stores().items()}
         if args.split not in sets:
             raise ValueError(
-                f"--split {args.split}: a {data.format} table has the sets {list(sets)}"
+                f"--split {args.split}: a {data.format} study has the sets {list(sets)}"
             )
         return study.dataset(sets[args.split], images_only=True)
     csv, images, metadata = split_files(args)

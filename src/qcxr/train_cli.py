@@ -102,7 +102,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="your own data: a label table (CSV or parquet: an image path column, one column "
         "per label; README 'Your own data'); implies --format table unless given",
     )
-    parser.add_argument("--images", help="with --csv: the directory the image paths start from")
+    parser.add_argument(
+        "--images",
+        help="with --csv: the directory the image paths start from (default: the table's folder)",
+    )
     parser.add_argument(
         "--format",
         choices=FORMATS,

@@ -158,12 +158,7 @@ def open_study(data: DataConfig, task: Task) -> Study:
             )
         raise ValueError("no study given: pass --study ROOT (or set data.study in the config)")
     source = training_source(data, task)
-    if source == "table":
-        if not data.images:
-            raise ValueError(
-                f"data.format {data.format}: no image root given: pass --images DIR (or set "
-                "data.images); the table's paths are relative to it"
-            )
+    if source == "table":  # data.images "" = the train file's folder (qcxr.data.tables)
         return Study(data, task, source, TRAIN_STORES[source], dict(TABLE_TESTSETS))
     paths = study_paths(data.study)
     files = {"nih": paths.nih_csv["test"], "mimic": paths.mimic_csv}
