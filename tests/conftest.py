@@ -72,3 +72,20 @@ def torchvision():
             pytest.fail(f"{message}; CI must run the torchvision reference tests")
         pytest.skip(message)
     return module
+
+
+@pytest.fixture
+def tiny_features(monkeypatch):
+    """`qcxr features` with a tiny stand-in backbone ("tiny@1"): for tests of what surrounds
+    the extraction (stores, skips, tables) in a second; the ResNet50 path has its own tests."""
+    import jax
+    import jax.numpy as jnp
+
+    from qcxr import features
+    from qcxr.models import weights
+    from test_features import TinyBackbone
+
+    tiny = TinyBackbone()
+    variables = tiny.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    monkeypatch.setattr(features, "_backbone", lambda dtype: tiny)
+    monkeypatch.setattr(weights, "resolve_resnet50_weights", lambda w: (variables, "tiny@1"))

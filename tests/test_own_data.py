@@ -19,22 +19,6 @@ SMALL = ["--n-train", "30", "--n-val", "10", "--n-test", "10", "--size", "40", "
 IMAGE_SETTINGS = ["--set", "data.crop=32", "--set", "data.resize_shortest=37"]
 
 
-@pytest.fixture
-def tiny_features(monkeypatch):
-    """`qcxr features` with a tiny stand-in backbone (the ResNet50 path has its own tests)."""
-    import jax
-    import jax.numpy as jnp
-
-    from qcxr import features
-    from qcxr.models import weights
-    from test_features import TinyBackbone
-
-    tiny = TinyBackbone()
-    variables = tiny.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    monkeypatch.setattr(features, "_backbone", lambda dtype: tiny)
-    monkeypatch.setattr(weights, "resolve_resnet50_weights", lambda w: (variables, "tiny@1"))
-
-
 def study_and_cache(root: Path, fmt: str) -> tuple[Path, Path]:
     assert main(["synth", str(root), "--format", fmt, *SMALL]) == 0
     config, cache = root / "study.yaml", root / "cache"

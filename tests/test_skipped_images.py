@@ -14,22 +14,6 @@ from qcxr.data.synthetic import generate_study
 from qcxr.features import load_feature_store, partial_dir
 
 
-@pytest.fixture
-def tiny_features(monkeypatch):
-    """`qcxr features` with a tiny stand-in backbone: the skip logic is tested, in a second."""
-    import jax
-    import jax.numpy as jnp
-
-    from qcxr import features
-    from qcxr.models import weights
-    from test_features import TinyBackbone
-
-    tiny = TinyBackbone()
-    variables = tiny.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    monkeypatch.setattr(features, "_backbone", lambda dtype: tiny)
-    monkeypatch.setattr(weights, "resolve_resnet50_weights", lambda w: (variables, "tiny@1"))
-
-
 def broken_study(root: Path):
     study = generate_study(
         root, n_train=12, n_val=6, n_test=6, n_mimic=4, image_size=40, seed=0, progress=False
