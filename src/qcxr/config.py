@@ -55,6 +55,7 @@ SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)  # train.schedule
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)  # train.optimizer
 RESAMPLES: tuple[str, ...] = typing.get_args(Resample)  # data.resample
 FORMATS: tuple[str, ...] = typing.get_args(Format)  # data.format
+TABLE_FORMATS: tuple[str, ...] = ("table", "chexpert")  # formats read as label tables
 UNCERTAIN: tuple[str, ...] = typing.get_args(Uncertain)  # data.uncertain
 MISSING: tuple[str, ...] = typing.get_args(Missing)  # data.missing
 TRACKING: tuple[str, ...] = typing.get_args(Tracking)  # train.tracking

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from qcxr.cli import add_task_arguments, task_from_args
-from qcxr.config import FORMATS
+from qcxr.config import FORMATS, TABLE_FORMATS
 from qcxr.features import DTYPES
 
 # NIH-CXR-LT train, val, test; MIMIC-CXR-LT test ("mimic") and, for studies that train on
@@ -90,26 +90,13 @@ def split_files(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     return args.csv or study.nih_csv[args.split], args.images or study.nih_images, None
 
 
-def data_settings(args: argparse.Namespace):
-    """The DataConfig of --config, with --format, --study, --csv and --images over it."""
-    from qcxr import config as config_lib
-
-    base = config_lib.load(args.config) if args.config else config_lib.Config()
-    updates = {
-        "format": args.format,
-        "study": str(args.study) if args.study else None,
-        "csv": str(args.csv) if args.csv else None,
-        "images": str(args.images) if args.images else None,
-    }
-    updates = {k: v for k, v in updates.items() if v is not None}
-    return config_lib.from_dict({"data": updates}, base).data
-
-
 def open_dataset(args: argparse.Namespace):
     from qcxr.data import datasets
-    from qcxr.data.study import TABLE_FORMATS, open_study
+    from qcxr.data.study import data_settings, open_study
 
-    data = data_settings(args)
+    data = data_settings(
+        args.config, format=args.format, study=args.study, csv=args.csv, images=args.images
+    )
     task = task_from_args(args)
     if data.format in TABLE_FORMATS:
         study = open_study(data, task)
@@ -143,11 +130,10 @@ def provenance(args: argparse.Namespace, dataset, cache) -> dict[str, str]:
 def without_skipped(dataset, cache) -> tuple:
     """The dataset without the images `qcxr cache build --on-bad-image skip` skipped, and their
     ids (recorded in the store, so that training leaves them out too, with a note)."""
-    from qcxr.data.cache import source_key
+    from qcxr.data.study import skipped_ids
     from qcxr.data.study import without_skipped as drop
 
-    bad = cache.skipped()
-    ids = [i for i, p in zip(dataset.ids, dataset.paths, strict=True) if source_key(p) in bad]
+    ids = skipped_ids(dataset, cache.skipped())
     return drop(dataset, ids, str(cache.directory)), ids
 
 

@@ -28,6 +28,7 @@ from qcxr.config import (
     OPTIMIZERS,
     SCHEDULES,
     SOURCES,
+    TABLE_FORMATS,
     TRACKING,
     UNCERTAIN,
     merge,
@@ -244,7 +245,7 @@ def _format_overrides(args: argparse.Namespace, base: dict[str, Any]) -> dict[st
     """--csv without --format (and no table format in the config) means a generic table."""
     if not getattr(args, "csv", None) or args.format:
         return {}
-    if base.get("data", {}).get("format") in ("table", "chexpert"):
+    if base.get("data", {}).get("format") in TABLE_FORMATS:
         return {}
     return {"data": {"format": "table"}}
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from qcxr.cli import add_task_arguments, task_from_args
-from qcxr.config import FORMATS, DataConfig
+from qcxr.config import FORMATS, TABLE_FORMATS, DataConfig
 from qcxr.data import ON_BAD_IMAGE
 
 _DEFAULTS = DataConfig()
@@ -182,18 +182,13 @@ def _synth_table(args: argparse.Namespace) -> int:
 
 def table_settings(args: argparse.Namespace, csv: Path | None) -> DataConfig:
     """The DataConfig of --config with --format, a table --csv and --images over it."""
-    from qcxr import config as config_lib
+    from qcxr.data.study import data_settings
 
-    base = config_lib.load(args.config) if args.config else config_lib.Config()
-    updates = {"format": args.format, "csv": str(csv) if csv else None}
-    updates["images"] = str(args.images) if getattr(args, "images", None) else None
-    updates = {k: v for k, v in updates.items() if v is not None}
-    return config_lib.from_dict({"data": updates}, base).data
+    images = getattr(args, "images", None)  # `labels stats` reads no images
+    return data_settings(args.config, format=args.format, csv=csv, images=images)
 
 
 def is_table(args: argparse.Namespace) -> bool:
-    from qcxr.data.study import TABLE_FORMATS
-
     if args.format:
         return args.format in TABLE_FORMATS
     return bool(args.config) and table_settings(args, None).format in TABLE_FORMATS

@@ -16,14 +16,15 @@ has a feature-store name (`qcxr features --split`, <features>/<store>.safetensor
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from qcxr.config import SOURCES, DataConfig
+from qcxr.config import SOURCES, TABLE_FORMATS, DataConfig
 from qcxr.data.datasets import LabeledImages, missing_message, study_paths
 from qcxr.labels import Task
 
-TABLE_FORMATS = ("chexpert", "table")
 # training source -> feature store of train and val
 TRAIN_STORES = {
     "nih": {"train": "train", "val": "val"},
@@ -33,6 +34,16 @@ TRAIN_STORES = {
 # test set -> feature store, per kind of study
 LAYOUT_TESTSETS = {"nih": "test", "mimic": "mimic"}
 TABLE_TESTSETS = {"test": "test"}
+
+
+def data_settings(config_file: str | Path | None, **given: Any) -> DataConfig:
+    """The data: section of a run config file (else the defaults) with the settings `given`
+    over it, those not None (paths as strings): what `--config` and the data flags name."""
+    from qcxr import config as config_lib
+
+    base = config_lib.load(config_file) if config_file else config_lib.Config()
+    updates = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
+    return config_lib.from_dict({"data": updates}, base).data
 
 
 def has_data(data: DataConfig) -> bool:
@@ -168,6 +179,14 @@ def open_study(data: DataConfig, task: Task) -> Study:
         if name == source or files[name].is_file()
     }
     return Study(data, task, source, TRAIN_STORES[source], testsets)
+
+
+def skipped_ids(dataset: LabeledImages, skipped: Collection[str]) -> list[str]:
+    """Ids of `dataset` whose image a cache build skipped (`ImageCache.skipped()`: source keys)."""
+    from qcxr.data.cache import source_key
+
+    pairs = zip(dataset.ids, dataset.paths, strict=True)
+    return [image_id for image_id, path in pairs if source_key(path) in skipped]
 
 
 def without_skipped(dataset: LabeledImages, skipped: list[str], where: str) -> LabeledImages:

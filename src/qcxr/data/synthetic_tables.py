@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from qcxr.config import TABLE_FORMATS
 from qcxr.data.render import Renderer
 from qcxr.data.synthetic import write_synthetic_marker
 from qcxr.data.synthetic_labels import (
@@ -218,7 +219,7 @@ def write_table_study(
     CheXpert study renders all 13 findings and is read with `task` when CheXpert has all its
     labels, else with the 14 observations ("chexpert").
     """
-    if fmt not in ("table", "chexpert"):
+    if fmt not in TABLE_FORMATS:
         raise ValueError(f"unknown synthetic table format {fmt!r}; choose table or chexpert")
     counts = {"train": n_train, "val": n_val, "test": n_test}
     if min(counts.values()) < 1:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from qcxr.config import DataConfig
+from qcxr.config import TABLE_FORMATS, DataConfig
 from qcxr.data.datasets import (
     LabeledImages,
     check_duplicate_columns,
@@ -32,7 +32,6 @@ from qcxr.data.datasets import (
 from qcxr.data.splits import SPLITS, check_disjoint, draw_splits, drawn_shares
 from qcxr.labels import Task, resolve_task
 
-TABLE_FORMATS = ("table", "chexpert")
 DEFAULT_PATH_COLUMN = {"table": "path", "chexpert": "Path"}
 DEFAULT_VIEW_COLUMN = {"table": "", "chexpert": "Frontal/Lateral"}
 CHEXPERT_PATIENT = re.compile(r"patient\d+")
@@ -63,6 +62,7 @@ class Part:
     patients: np.ndarray
     keep: np.ndarray  # bool: a frontal view, or every row without a view filter
     splits: np.ndarray  # object: "train" / "val" / "test" / None
+    checksum: str  # sha256 of the file, as read
 
 
 def table_columns(data: DataConfig) -> Columns:
@@ -218,7 +218,7 @@ def split_values(frame: pd.DataFrame, file: Path, column: str) -> np.ndarray:
     return values.to_numpy(dtype=object)
 
 
-def read_part(data: DataConfig, file: Path, split: str) -> Part:
+def read_part(data: DataConfig, file: Path, split: str, checksum: str) -> Part:
     """One label file: its checked paths, patients and views; rows of `split` (or of the split
     column), to be drawn ("") when the split is left to patient splits."""
     columns = table_columns(data)
@@ -231,7 +231,7 @@ def read_part(data: DataConfig, file: Path, split: str) -> Part:
     else:
         splits = np.full(len(frame), split, dtype=object)
     splits = np.where(keep, splits, None)
-    return Part(file, frame, ids, patients, keep, splits)
+    return Part(file, frame, ids, patients, keep, splits, checksum)
 
 
 def check_unique_paths(parts: list[Part], column: str) -> None:
@@ -261,10 +261,7 @@ def with_drawn_splits(data: DataConfig, parts: list[Part], given: list[str]) -> 
     drawn = draw_splits(train.patients[kept], names, shares, data.split_seed, where)
     splits = train.splits.copy()
     splits[kept] = drawn
-    return [
-        Part(train.file, train.frame, train.ids, train.patients, train.keep, splits),
-        *parts[1:],
-    ]
+    return [replace(train, splits=splits), *parts[1:]]
 
 
 def split_rows(parts: list[Part]) -> pd.DataFrame:
@@ -304,8 +301,8 @@ def table_parts(data: DataConfig) -> list[Part]:
     """Every label file of the config read, checked and split (cached while files are unchanged)."""
     key = cache_key(data)
     if key not in _CACHE:
-        files = source_files(data)
-        parts = [read_part(data, file, split) for split, file in files.items()]
+        files, sums = source_files(data), dict(key[-1])  # the key holds each file's sha256
+        parts = [read_part(data, f, split, sums[str(f)]) for split, f in files.items()]
         check_unique_paths(parts, table_columns(data).path)
         parts = with_drawn_splits(data, parts, list(files))
         check_disjoint(split_rows(parts), lambda file, row: line_of(Path(file), row))
@@ -407,9 +404,7 @@ def table_dataset(
     paths = [root / i for i in ids]
     if check_files:
         check_image_files(part, rows, paths, table_columns(data).path)
-    return LabeledImages(
-        ids, paths, labels, list(task.labels), part.file, file_checksum(part.file), absent
-    )
+    return LabeledImages(ids, paths, labels, list(task.labels), part.file, part.checksum, absent)
 
 
 def table_label_stats(data: DataConfig, task: Task) -> pd.DataFrame:

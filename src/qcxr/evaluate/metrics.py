@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from qcxr import rundir
-from qcxr.config import Config, EvalConfig
+from qcxr.config import TABLE_FORMATS, Config, EvalConfig
 from qcxr.evaluate.diagnosis import diagnose_run
 from qcxr.evaluate.predictions import checked_predictions
 from qcxr.labels import PAPER_TRAIN_COUNTS, canonical
@@ -274,7 +274,7 @@ def run_train_counts(
     counts = rundir.read_train_counts(run_dir)
     if counts is not None:
         return counts, rundir.TRAIN_COUNTS
-    if config is not None and config.data.format in ("chexpert", "table") and config.data.csv:
+    if config is not None and config.data.format in TABLE_FORMATS and config.data.csv:
         from qcxr.config import task_of
         from qcxr.data.study import open_study
 

@@ -18,13 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from qcxr.config import EvalConfig
+from qcxr.config import TABLE_FORMATS, EvalConfig
 from qcxr.evaluate.runs import Run, random_weights
 from qcxr.evaluate.stats import MEAN
 from qcxr.labels import resolve_task
 
 SYNTHETIC_MARKER = "synthetic.json"
-TABLE_FORMATS = ("table", "chexpert")
 
 
 def study_dirs(run: Run) -> list[Path]:

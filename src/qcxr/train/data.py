@@ -19,7 +19,7 @@ import numpy as np
 
 from qcxr import rundir
 from qcxr.config import Config, task_of
-from qcxr.data.study import without_skipped
+from qcxr.data.study import skipped_ids, without_skipped
 
 SPLITS = ("train", "val")
 
@@ -95,13 +95,14 @@ def _warn_missing(dataset: Any) -> None:
         )
 
 
-def datasets(config: Config, *, check_files: bool) -> dict[str, Any]:
-    """LabeledImages of train, val and every test set the study has (qcxr.data.study).
+def datasets(config: Config, *, check_files: bool, study: Any = None) -> dict[str, Any]:
+    """LabeledImages of train, val and every test set the study has (qcxr.data.study; `study`:
+    the config's, when already open).
 
     Train and val must carry every task label, and so must the test set of the same dataset;
     an external test set's missing labels are NaN (with a warning).
     """
-    study = study_of(config)
+    study = study or study_of(config)
     out = {name: study.dataset(name, check_files=check_files) for name in study.stores()}
     if study.source in ("nih", "mimic") and "mimic" not in out:
         from qcxr.data.datasets import study_paths
@@ -215,8 +216,10 @@ def aligned(store: Any, dataset: Any, path: Path) -> Split:
     )
 
 
-def _missing_external(path: Path, name: str, dataset: Any, config: Config, required: bool):
-    redo = _redo(path, study_of(config).testsets[name], config, {}).replace(" --overwrite", "")
+def _missing_external(
+    path: Path, name: str, store: str, dataset: Any, config: Config, required: bool
+) -> None:
+    redo = _redo(path, store, config, {}).replace(" --overwrite", "")
     if required:
         raise ValueError(
             f"{path}: no feature store for the external test set {name!r} "
@@ -249,14 +252,14 @@ def load_frozen_data(config: Config, *, require_external_test: bool | None = Non
         require_external_test = bool(getattr(config.train, "require_external_test", True))
     directory = Path(config.data.features)
     study = study_of(config)
-    labelled = datasets(config, check_files=False)
+    labelled = datasets(config, check_files=False, study=study)
     splits: dict[str, Split] = {}
     weights: dict[str, str] = {}
     unverified: list[str] = []
     for name, file in study.stores().items():
         path = directory / f"{file}.safetensors"
         if study.external(name) and not path.is_file():
-            _missing_external(path, name, labelled[name], config, require_external_test)
+            _missing_external(path, name, file, labelled[name], config, require_external_test)
             continue
         store = load_feature_store(path)  # checks the content checksum, when recorded
         dataset = without_skipped(labelled[name], store_skipped(store), str(path))
@@ -340,20 +343,19 @@ def label_frequency(labels: np.ndarray) -> np.ndarray:
 
 def load_image_data(config: Config, cache_dir: str | Path, progress: bool = True) -> ImageData:
     """Datasets of the study and an image cache holding all their images (built if needed)."""
-    from qcxr.data.cache import ImageCache, source_key
+    from qcxr.data.cache import ImageCache
     from qcxr.data.datasets import check_images
 
     study = study_of(config)
     cache = ImageCache(Path(cache_dir))
     skipped = cache.skipped()  # images `qcxr cache build --on-bad-image skip` left out
     # Without skips, the readers check the files (a missing one named by file, row, column).
-    sets = datasets(config, check_files=not skipped)
-    for name, dataset in sets.items():
-        ids = [
-            i for i, p in zip(dataset.ids, dataset.paths, strict=True) if source_key(p) in skipped
-        ]
-        sets[name] = without_skipped(dataset, ids, str(cache.directory))
-        check_images(sets[name].paths, sets[name].label_file)
+    sets = datasets(config, check_files=not skipped, study=study)
+    if skipped:
+        for name, dataset in sets.items():
+            ids = skipped_ids(dataset, skipped)
+            sets[name] = without_skipped(dataset, ids, str(cache.directory))
+            check_images(sets[name].paths, sets[name].label_file)
     paths = [p for split in sets.values() for p in split.paths]
     cache.build(paths, threads=config.data.loader_threads, progress=progress)
     tests = {name: sets[name] for name in study.testsets if name in sets}

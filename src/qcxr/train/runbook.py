@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from qcxr import rundir
-from qcxr.config import Config
+from qcxr.config import TABLE_FORMATS, Config
 from qcxr.rundir import RunError, RunResult
 from qcxr.train import parallel, tracking
 from qcxr.train.checkpoint import RunCheckpoints
@@ -40,7 +40,7 @@ TestPredictions = dict[str, tuple[list[str], np.ndarray, np.ndarray, list[str]]]
 def write_splits(config: Config, run_dir: Path) -> None:
     """<run>/splits.csv: the split of every image of a label table (drawn by patient unless
     the table says), so that the run can be reproduced and checked."""
-    if config.data.format not in ("chexpert", "table"):
+    if config.data.format not in TABLE_FORMATS:
         return
     from qcxr.data.tables import table_splits
 
